@@ -1,0 +1,128 @@
+//! The executable specification: plain loops that can be checked against the formulas by eye.
+//!
+//! Every quantity is computed in the statistics type `S = A::Stat` (`f64` for `f32` data) and
+//! rounded to the storage type once, at the end. Sums are pairwise, so their rounding error grows
+//! with log₂(n), not n.
+//!
+//! ```text
+//! μ  = (1/n) Σᵢ xᵢ                 σ² = (1/n) Σᵢ (xᵢ − μ)²        r = 1 / √(σ² + ε)
+//! x̂ᵢ = (xᵢ − μ) · r                yᵢ = gainᵢ · x̂ᵢ + biasᵢ
+//! gᵢ = gainᵢ · dyᵢ                 dxᵢ = r · (gᵢ − mean(g) − x̂ᵢ · mean(g ⊙ x̂))
+//! dgainᵢ += dyᵢ · x̂ᵢ               dbiasᵢ += dyᵢ
+//! ```
+
+use super::{Affine, RowStatsOut};
+use crate::element::Element;
+use num_traits::{Float, FromPrimitive};
+
+/// Below this many terms a sum is a plain loop; above, it is split in halves.
+const PAIRWISE_LEAF: usize = 16;
+
+/// `Σ term(i)` for `i` in `start..end`, summed pairwise.
+fn pairwise_sum<S: Float>(start: usize, end: usize, term: &impl Fn(usize) -> S) -> S {
+    if end - start <= PAIRWISE_LEAF {
+        (start..end).fold(S::zero(), |sum, i| sum + term(i))
+    } else {
+        let middle = start + (end - start) / 2;
+        pairwise_sum(start, middle, term) + pairwise_sum(middle, end, term)
+    }
+}
+
+fn len_as<S: FromPrimitive>(n: usize) -> S {
+    S::from_usize(n).expect("a row length is representable in a float type")
+}
+
+/// Mean and inverse standard deviation of one row, in two passes.
+pub(crate) fn row_stats<A: Element>(row: &[A], eps: A::Stat) -> (A::Stat, A::Stat) {
+    let n = len_as::<A::Stat>(row.len());
+    let mean = pairwise_sum(0, row.len(), &|i| row[i].to_stat()) / n;
+    let variance = pairwise_sum(0, row.len(), &|i| {
+        let deviation = row[i].to_stat() - mean;
+        deviation * deviation
+    }) / n;
+    (mean, (variance + eps).sqrt().recip())
+}
+
+/// `yᵢ = gainᵢ · (xᵢ − mean) · inv_std + biasᵢ` for one row; `x` is `None` when `out` holds x.
+fn normalize_row<A: Element>(
+    x: Option<&[A]>,
+    out: &mut [A],
+    mean: A::Stat,
+    inv_std: A::Stat,
+    affine: Affine<'_, A>,
+) {
+    for i in 0..out.len() {
+        let value = x.map_or(out[i], |x| x[i]);
+        let mut y = (value.to_stat() - mean) * inv_std;
+        if let Some(gain) = affine.gain {
+            y = y * gain[i].to_stat();
+        }
+        if let Some(bias) = affine.bias {
+            y = y + bias[i].to_stat();
+        }
+        out[i] = A::from_stat(y);
+    }
+}
+
+/// Forward pass over whole rows of length `dim`. With `x = None` the input is read from `out`
+/// and overwritten. When `stats` is given, each row's mean and inv_std are stored in it.
+pub(crate) fn forward_rows<A: Element>(
+    x: Option<&[A]>,
+    out: &mut [A],
+    dim: usize,
+    affine: Affine<'_, A>,
+    eps: A::Stat,
+    mut stats: Option<RowStatsOut<'_, A::Stat>>,
+) {
+    for (row_index, out_row) in out.chunks_exact_mut(dim).enumerate() {
+        let x_row = x.map(|x| &x[row_index * dim..(row_index + 1) * dim]);
+        let (mean, inv_std) = row_stats(x_row.unwrap_or(out_row), eps);
+        if let Some(stats) = stats.as_mut() {
+            stats.mean[row_index] = mean;
+            stats.inv_std[row_index] = inv_std;
+        }
+        normalize_row(x_row, out_row, mean, inv_std, affine);
+    }
+}
+
+/// Backward pass over whole rows of length `dim`: writes `dx` and, row by row in order, adds
+/// each row's `dyᵢ · x̂ᵢ` into `dgain` and `dyᵢ` into `dbias` when they are given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_rows<A: Element>(
+    x: &[A],
+    dy: &[A],
+    means: &[A::Stat],
+    inv_stds: &[A::Stat],
+    dx: &mut [A],
+    dim: usize,
+    gain: Option<&[A]>,
+    mut dgain: Option<&mut [A::Stat]>,
+    mut dbias: Option<&mut [A::Stat]>,
+) {
+    let n = len_as::<A::Stat>(dim);
+    for (row_index, dx_row) in dx.chunks_exact_mut(dim).enumerate() {
+        let x_row = &x[row_index * dim..(row_index + 1) * dim];
+        let dy_row = &dy[row_index * dim..(row_index + 1) * dim];
+        let (mean, inv_std) = (means[row_index], inv_stds[row_index]);
+        let x_hat = |i: usize| (x_row[i].to_stat() - mean) * inv_std;
+        let g = |i: usize| match gain {
+            Some(gain) => gain[i].to_stat() * dy_row[i].to_stat(),
+            None => dy_row[i].to_stat(),
+        };
+        let mean_g = pairwise_sum(0, dim, &g) / n;
+        let mean_g_x_hat = pairwise_sum(0, dim, &|i| g(i) * x_hat(i)) / n;
+        for (i, dx) in dx_row.iter_mut().enumerate() {
+            *dx = A::from_stat(inv_std * (g(i) - mean_g - x_hat(i) * mean_g_x_hat));
+        }
+        if let Some(dgain) = dgain.as_deref_mut() {
+            for (i, sum) in dgain.iter_mut().enumerate() {
+                *sum = *sum + dy_row[i].to_stat() * x_hat(i);
+            }
+        }
+        if let Some(dbias) = dbias.as_deref_mut() {
+            for (sum, dy) in dbias.iter_mut().zip(dy_row) {
+                *sum = *sum + dy.to_stat();
+            }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! From whole buffers of rows to kernel calls: serial, or split across rayon's threads.
+//!
+//! Buffers here are contiguous row-major slices holding whole rows of `dim` elements; the
+//! ndarray side (layouts, shapes, validation) is `layer_norm.rs`'s job.
+//!
+//! Thread-count independence: every row is computed by the same kernel whatever the split, so
+//! `y` and `dx` never depend on it. Parameter gradients are sums over rows; they are formed per
+//! block of [`GRAD_BLOCK_ROWS`] consecutive rows (each block summed in row order from zero) and
+//! the block sums are added to the total in block order. Serial and parallel runs therefore
+//! perform the same additions in the same order and agree bit for bit.
+
+use crate::element::Element;
+use crate::kernels::{self, Affine, RowStatsOut};
+use num_traits::Zero;
+
+/// Rows per block of the parameter-gradient reduction. Part of the numerical result: changing
+/// it changes the rounding of `dgain` and `dbias` (never which threads see which block).
+pub(crate) const GRAD_BLOCK_ROWS: usize = 64;
+
+/// Below this many elements all work stays on the calling thread.
+#[cfg(feature = "rayon")]
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+
+/// Rows handed to one parallel task: about this many elements, at least one row.
+#[cfg(feature = "rayon")]
+const TASK_ELEMENTS: usize = 1 << 14;
+
+#[cfg(feature = "rayon")]
+fn worth_splitting(elements: usize) -> bool {
+    elements >= PARALLEL_MIN_ELEMENTS && rayon::current_num_threads() > 1
+}
+
+/// Running totals of the parameter gradients, in the statistics type.
+pub(crate) struct GradTotals<'a, S> {
+    pub(crate) gain: Option<&'a mut [S]>,
+    pub(crate) bias: Option<&'a mut [S]>,
+}
+
+impl<S> GradTotals<'_, S> {
+    fn is_empty(&self) -> bool {
+        self.gain.is_none() && self.bias.is_none()
+    }
+}
+
+/// Forward over all rows; see [`kernels::forward_rows`] for the arguments.
+pub(crate) fn forward<A: Element>(
+    x: Option<&[A]>,
+    out: &mut [A],
+    dim: usize,
+    affine: Affine<'_, A>,
+    eps: A::Stat,
+    stats: Option<RowStatsOut<'_, A::Stat>>,
+) {
+    #[cfg(feature = "rayon")]
+    if worth_splitting(out.len()) {
+        let rows_per_task = (TASK_ELEMENTS / dim).max(1);
+        return forward_split(x, out, dim, affine, eps, stats, rows_per_task);
+    }
+    kernels::forward_rows(x, out, dim, affine, eps, stats);
+}
+
+#[cfg(feature = "rayon")]
+fn forward_split<A: Element>(
+    x: Option<&[A]>,
+    out: &mut [A],
+    dim: usize,
+    affine: Affine<'_, A>,
+    eps: A::Stat,
+    stats: Option<RowStatsOut<'_, A::Stat>>,
+    rows_per_task: usize,
+) {
+    let rows = out.len() / dim;
+    if rows <= rows_per_task {
+        return kernels::forward_rows(x, out, dim, affine, eps, stats);
+    }
+    let half = rows / 2;
+    let (x_left, x_right) = match x {
+        Some(x) => {
+            let (left, right) = x.split_at(half * dim);
+            (Some(left), Some(right))
+        }
+        None => (None, None),
+    };
+    let (out_left, out_right) = out.split_at_mut(half * dim);
+    let (stats_left, stats_right) = match stats {
+        Some(RowStatsOut { mean, inv_std }) => {
+            let (mean_left, mean_right) = mean.split_at_mut(half);
+            let (inv_std_left, inv_std_right) = inv_std.split_at_mut(half);
+            (
+                Some(RowStatsOut {
+                    mean: mean_left,
+                    inv_std: inv_std_left,
+                }),
+                Some(RowStatsOut {
+                    mean: mean_right,
+                    inv_std: inv_std_right,
+                }),
+            )
+        }
+        None => (None, None),
+    };
+    rayon::join(
+        || {
+            forward_split(
+                x_left,
+                out_left,
+                dim,
+                affine,
+                eps,
+                stats_left,
+                rows_per_task,
+            )
+        },
+        || {
+            forward_split(
+                x_right,
+                out_right,
+                dim,
+                affine,
+                eps,
+                stats_right,
+                rows_per_task,
+            )
+        },
+    );
+}
+
+/// The read-only inputs of the backward pass, whole rows.
+#[derive(Clone, Copy)]
+pub(crate) struct BackwardInputs<'a, A: Element> {
+    pub(crate) x: &'a [A],
+    pub(crate) dy: &'a [A],
+    pub(crate) means: &'a [A::Stat],
+    pub(crate) inv_stds: &'a [A::Stat],
+    pub(crate) gain: Option<&'a [A]>,
+    pub(crate) dim: usize,
+}
+
+impl<'a, A: Element> BackwardInputs<'a, A> {
+    fn rows(&self) -> usize {
+        self.means.len()
+    }
+
+    /// Rows `start..end` of every input.
+    fn rows_range(&self, start: usize, end: usize) -> Self {
+        let dim = self.dim;
+        BackwardInputs {
+            x: &self.x[start * dim..end * dim],
+            dy: &self.dy[start * dim..end * dim],
+            means: &self.means[start..end],
+            inv_stds: &self.inv_stds[start..end],
+            ..*self
+        }
+    }
+
+    fn kernel(&self, dx: &mut [A], dgain: Option<&mut [A::Stat]>, dbias: Option<&mut [A::Stat]>) {
+        kernels::backward_rows(
+            self.x,
+            self.dy,
+            self.means,
+            self.inv_stds,
+            dx,
+            self.dim,
+            self.gain,
+            dgain,
+            dbias,
+        );
+    }
+}
+
+/// Backward over all rows: writes `dx` and adds the parameter gradients into `totals`.
+pub(crate) fn backward<A: Element>(
+    inputs: BackwardInputs<'_, A>,
+    dx: &mut [A],
+    totals: GradTotals<'_, A::Stat>,
+) {
+    #[cfg(feature = "rayon")]
+    if worth_splitting(dx.len()) {
+        return backward_parallel(inputs, dx, totals);
+    }
+    if totals.is_empty() {
+        return inputs.kernel(dx, None, None);
+    }
+    let dim = inputs.dim;
+    let mut block_gain = totals.gain.as_ref().map(|_| vec![A::Stat::zero(); dim]);
+    let mut block_bias = totals.bias.as_ref().map(|_| vec![A::Stat::zero(); dim]);
+    let GradTotals {
+        gain: mut total_gain,
+        bias: mut total_bias,
+    } = totals;
+    let rows = inputs.rows();
+    for start in (0..rows).step_by(GRAD_BLOCK_ROWS) {
+        let end = (start + GRAD_BLOCK_ROWS).min(rows);
+        let block = inputs.rows_range(start, end);
+        block_partial(
+            block,
+            &mut dx[start * dim..end * dim],
+            block_gain.as_deref_mut(),
+            block_bias.as_deref_mut(),
+        );
+        add_into(total_gain.as_deref_mut(), block_gain.as_deref());
+        add_into(total_bias.as_deref_mut(), block_bias.as_deref());
+    }
+}
+
+/// One block's contribution: `dx` for its rows, and its parameter-gradient sums from zero.
+fn block_partial<A: Element>(
+    block: BackwardInputs<'_, A>,
+    dx: &mut [A],
+    mut partial_gain: Option<&mut [A::Stat]>,
+    mut partial_bias: Option<&mut [A::Stat]>,
+) {
+    for partial in [partial_gain.as_deref_mut(), partial_bias.as_deref_mut()]
+        .into_iter()
+        .flatten()
+    {
+        partial.fill(A::Stat::zero());
+    }
+    block.kernel(dx, partial_gain, partial_bias);
+}
+
+fn add_into<S: Copy + std::ops::Add<Output = S>>(total: Option<&mut [S]>, part: Option<&[S]>) {
+    if let (Some(total), Some(part)) = (total, part) {
+        for (sum, &value) in total.iter_mut().zip(part) {
+            *sum = *sum + value;
+        }
+    }
+}
+
+#[cfg(feature = "rayon")]
+fn backward_parallel<A: Element>(
+    inputs: BackwardInputs<'_, A>,
+    dx: &mut [A],
+    totals: GradTotals<'_, A::Stat>,
+) {
+    let dim = inputs.dim;
+    let blocks = inputs.rows().div_ceil(GRAD_BLOCK_ROWS);
+    let mut partial_gain = totals
+        .gain
+        .as_ref()
+        .map(|_| vec![A::Stat::zero(); blocks * dim]);
+    let mut partial_bias = totals
+        .bias
+        .as_ref()
+        .map(|_| vec![A::Stat::zero(); blocks * dim]);
+    let blocks_per_task = (TASK_ELEMENTS / (dim * GRAD_BLOCK_ROWS)).max(1);
+    backward_split(
+        inputs,
+        dx,
+        partial_gain.as_deref_mut(),
+        partial_bias.as_deref_mut(),
+        blocks_per_task,
+    );
+    let GradTotals {
+        gain: mut total_gain,
+        bias: mut total_bias,
+    } = totals;
+    for block in 0..blocks {
+        let range = block * dim..(block + 1) * dim;
+        add_into(
+            total_gain.as_deref_mut(),
+            partial_gain.as_ref().map(|p| &p[range.clone()]),
+        );
+        add_into(
+            total_bias.as_deref_mut(),
+            partial_bias.as_ref().map(|p| &p[range]),
+        );
+    }
+}
+
+/// Splits whole blocks across threads; each block writes its own slot of the partial buffers.
+#[cfg(feature = "rayon")]
+fn backward_split<A: Element>(
+    inputs: BackwardInputs<'_, A>,
+    dx: &mut [A],
+    partial_gain: Option<&mut [A::Stat]>,
+    partial_bias: Option<&mut [A::Stat]>,
+    blocks_per_task: usize,
+) {
+    let dim = inputs.dim;
+    let rows = inputs.rows();
+    let blocks = rows.div_ceil(GRAD_BLOCK_ROWS);
+    if blocks <= blocks_per_task {
+        let mut partial_gain = partial_gain;
+        let mut partial_bias = partial_bias;
+        for block in 0..blocks {
+            let start = block * GRAD_BLOCK_ROWS;
+            let end = (start + GRAD_BLOCK_ROWS).min(rows);
+            let slot = block * dim..(block + 1) * dim;
+            block_partial(
+                inputs.rows_range(start, end),
+                &mut dx[start * dim..end * dim],
+                partial_gain.as_deref_mut().map(|p| &mut p[slot.clone()]),
+                partial_bias.as_deref_mut().map(|p| &mut p[slot]),
+            );
+        }
+        return;
+    }
+    let half_blocks = blocks / 2;
+    let half_rows = half_blocks * GRAD_BLOCK_ROWS;
+    let (dx_left, dx_right) = dx.split_at_mut(half_rows * dim);
+    let (gain_left, gain_right) = split_option(partial_gain, half_blocks * dim);
+    let (bias_left, bias_right) = split_option(partial_bias, half_blocks * dim);
+    let left = inputs.rows_range(0, half_rows);
+    let right = inputs.rows_range(half_rows, rows);
+    rayon::join(
+        || backward_split(left, dx_left, gain_left, bias_left, blocks_per_task),
+        || backward_split(right, dx_right, gain_right, bias_right, blocks_per_task),
+    );
+}
+
+#[cfg(feature = "rayon")]
+fn split_option<T>(slice: Option<&mut [T]>, at: usize) -> (Option<&mut [T]>, Option<&mut [T]>) {
+    match slice {
+        Some(slice) => {
+            let (left, right) = slice.split_at_mut(at);
+            (Some(left), Some(right))
+        }
+        None => (None, None),
+    }
+}

@@ -1,0 +1,116 @@
+//! Per-row statistics saved by the forward pass for the backward pass.
+
+use ndarray::{Array, ArrayView, Dimension};
+use num_traits::Zero;
+
+/// Per-row mean and inverse standard deviation, as computed by
+/// [`LayerNorm::forward_with_stats`](crate::LayerNorm::forward_with_stats).
+///
+/// Both arrays are shaped like the input without its last axis: one value per normalized row.
+/// They are stored in the element type's statistics type ([`Element::Stat`](crate::Element::Stat):
+/// `f64` for `f32` data), so the backward pass sees the mean at the precision forward computed
+/// it, not rounded to the data's precision.
+///
+/// ```text
+/// mean    = (1/n) Σᵢ xᵢ
+/// inv_std = 1 / √(σ² + ε),   σ² = (1/n) Σᵢ (xᵢ − mean)²
+/// ```
+///
+/// ```
+/// use layernorm::LayerNorm;
+/// use ndarray::array;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let ln = LayerNorm::<f32>::new(3)?.with_eps(0.0)?;
+/// let (_y, stats) = ln.forward_with_stats(&array![[1.0, 2.0, 3.0], [5.0, 5.0, 8.0]])?;
+/// assert_eq!(stats.mean().shape(), &[2]);
+/// assert!((stats.mean()[0] - 2.0).abs() < 1e-12);
+/// assert!((stats.inv_std()[0] - 1.224744871391589).abs() < 1e-12); // 1 / √(2/3)
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormStats<S, D: Dimension> {
+    mean: Array<S, D>,
+    inv_std: Array<S, D>,
+}
+
+impl<S: Zero + Clone, D: Dimension> NormStats<S, D> {
+    /// Statistics of `shape` filled with zeros: a buffer for
+    /// [`LayerNorm::forward_with_stats_into`](crate::LayerNorm::forward_with_stats_into) to
+    /// overwrite, so that a training loop allocates its statistics once.
+    ///
+    /// ```
+    /// use layernorm::NormStats;
+    /// use ndarray::Ix2;
+    /// let stats = NormStats::<f64, Ix2>::zeros(Ix2(4, 16));
+    /// assert_eq!(stats.shape(), &[4, 16]);
+    /// assert_eq!(stats.len(), 64);
+    /// ```
+    pub fn zeros(shape: D) -> Self {
+        NormStats::from_parts(Array::zeros(shape.clone()), Array::zeros(shape))
+    }
+}
+
+impl<S, D: Dimension> NormStats<S, D> {
+    /// Wraps arrays computed by the crate; both have the same shape, in standard layout.
+    pub(crate) fn from_parts(mean: Array<S, D>, inv_std: Array<S, D>) -> Self {
+        debug_assert_eq!(mean.shape(), inv_std.shape());
+        NormStats { mean, inv_std }
+    }
+
+    /// Mean of each row, shaped like the input without its last axis.
+    pub fn mean(&self) -> ArrayView<'_, S, D> {
+        self.mean.view()
+    }
+
+    /// Inverse standard deviation `1 / √(σ² + ε)` of each row, shaped like [`mean`](Self::mean).
+    #[doc(alias = "rstd")]
+    pub fn inv_std(&self) -> ArrayView<'_, S, D> {
+        self.inv_std.view()
+    }
+
+    /// Shape of the statistics: the input's shape without its last axis.
+    pub fn shape(&self) -> &[usize] {
+        self.mean.shape()
+    }
+
+    /// Number of rows the statistics describe.
+    pub fn len(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// `true` when the statistics describe zero rows.
+    pub fn is_empty(&self) -> bool {
+        self.mean.is_empty()
+    }
+
+    /// The mean and inverse standard deviation as flat row-major slices.
+    pub(crate) fn as_slices(&self) -> (&[S], &[S]) {
+        // Both arrays are built in standard layout by the crate and never exposed mutably.
+        (
+            self.mean
+                .as_slice()
+                .expect("stats are built in standard layout"),
+            self.inv_std
+                .as_slice()
+                .expect("stats are built in standard layout"),
+        )
+    }
+
+    /// The mean and inv_std as flat row-major mutable slices, for the forward pass to fill.
+    pub(crate) fn as_mut_slices(&mut self) -> (&mut [S], &mut [S]) {
+        (
+            self.mean
+                .as_slice_mut()
+                .expect("stats are built in standard layout"),
+            self.inv_std
+                .as_slice_mut()
+                .expect("stats are built in standard layout"),
+        )
+    }
+
+    /// Consumes the statistics, returning `(mean, inv_std)`.
+    pub fn into_parts(self) -> (Array<S, D>, Array<S, D>) {
+        (self.mean, self.inv_std)
+    }
+}
