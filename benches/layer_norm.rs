@@ -1,1 +1,180 @@
-fn main() {}
+//! Forward and backward throughput, f32 and f64, against a naive ndarray implementation and
+//! against the memory ceiling: a plain `y = a·x + b` pass over the same bytes (forward) and a
+//! 3-stream `dx = a·x + b·dy` pass (backward).
+//!
+//! Run with `cargo bench --bench layer_norm`; filter with e.g. `-- forward/f32`.
+//! Throughput counts the bytes that must move: forward reads x and writes y
+//! (2·rows·cols·size_of::<A>()), backward reads x and dy and writes dx (3·rows·cols·…).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use layernorm::{Element, LayerNorm};
+use ndarray::{Array1, Array2, Axis, Zip};
+use num_traits::{Float, FromPrimitive};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use std::hint::black_box;
+use std::time::Duration;
+
+const SHAPES: [(usize, usize); 5] = [
+    (32, 768),
+    (512, 1024),
+    (4096, 1024),
+    (4096, 1000),
+    (8192, 4096),
+];
+
+fn random<A: Float>(rows: usize, cols: usize, seed: u64) -> Array2<A> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0, 1.0).expect("valid normal");
+    Array2::from_shape_simple_fn((rows, cols), || {
+        A::from(1.0 + 2.0 * normal.sample(&mut rng)).expect("representable")
+    })
+}
+
+/// `(x̂, r)` with `r = 1/√(σ² + ε)` per row (as a column) and `x̂ = (x − μ)·r`, written the
+/// obvious way with ndarray operations.
+fn naive_normalize<A: Float + FromPrimitive + 'static>(
+    x: &Array2<A>,
+    eps: A,
+) -> (Array2<A>, Array2<A>) {
+    let row_mean = |a: &Array2<A>| {
+        a.mean_axis(Axis(1))
+            .expect("non-empty")
+            .insert_axis(Axis(1))
+    };
+    let centered = x - &row_mean(x);
+    let variance = row_mean(&centered.mapv(|v| v * v));
+    let inv_std = variance.mapv(|v| (v + eps).sqrt().recip());
+    (centered * &inv_std, inv_std)
+}
+
+/// Naive layer normalization: the baseline a user would write without this crate.
+fn naive_forward<A: Float + FromPrimitive + 'static>(
+    x: &Array2<A>,
+    gain: &Array1<A>,
+    bias: &Array1<A>,
+    eps: A,
+) -> Array2<A> {
+    naive_normalize(x, eps).0 * gain + bias
+}
+
+/// Its backward, from the same formulas (recomputing the statistics, as a naive user would).
+fn naive_backward<A: Float + FromPrimitive + 'static>(
+    x: &Array2<A>,
+    gain: &Array1<A>,
+    dy: &Array2<A>,
+    eps: A,
+) -> (Array2<A>, Array1<A>, Array1<A>) {
+    let (x_hat, inv_std) = naive_normalize(x, eps);
+    let g = dy * gain;
+    let mean_g = g
+        .mean_axis(Axis(1))
+        .expect("non-empty")
+        .insert_axis(Axis(1));
+    let mean_g_x_hat = (&g * &x_hat)
+        .mean_axis(Axis(1))
+        .expect("non-empty")
+        .insert_axis(Axis(1));
+    let dx = (g - &mean_g - &x_hat * &mean_g_x_hat) * &inv_std;
+    let dgain = (dy * &x_hat).sum_axis(Axis(0));
+    let dbias = dy.sum_axis(Axis(0));
+    (dx, dgain, dbias)
+}
+
+fn bench_forward<A: Element + Float + FromPrimitive>(c: &mut Criterion, type_name: &str) {
+    let mut group = c.benchmark_group(format!("forward/{type_name}"));
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    group.sample_size(20);
+    for (rows, cols) in SHAPES {
+        let shape = format!("{rows}x{cols}");
+        let x = random::<A>(rows, cols, 1);
+        let gain = Array1::from_elem(cols, A::from(1.5).expect("representable"));
+        let bias = Array1::from_elem(cols, A::from(0.25).expect("representable"));
+        let ln = LayerNorm::from_params(gain.clone(), bias.clone(), 1e-5).expect("valid");
+        let mut out = Array2::<A>::zeros((rows, cols));
+        group.throughput(Throughput::Bytes((2 * rows * cols * size_of::<A>()) as u64));
+
+        group.bench_function(BenchmarkId::new("forward_into", &shape), |b| {
+            b.iter(|| {
+                ln.forward_into(black_box(&x), black_box(&mut out))
+                    .expect("valid")
+            })
+        });
+        group.bench_function(BenchmarkId::new("forward", &shape), |b| {
+            b.iter(|| ln.forward(black_box(&x)).expect("valid"))
+        });
+        let eps = A::from(1e-5).expect("representable");
+        group.bench_function(BenchmarkId::new("naive_ndarray", &shape), |b| {
+            b.iter(|| naive_forward(black_box(&x), &gain, &bias, eps))
+        });
+        let (scale, shift) = (A::from(1.5).expect("1.5"), A::from(0.25).expect("0.25"));
+        group.bench_function(BenchmarkId::new("ceiling_a_x_plus_b", &shape), |b| {
+            b.iter(|| {
+                Zip::from(black_box(&mut out))
+                    .and(black_box(&x))
+                    .for_each(|y, &x| *y = scale * x + shift)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_backward<A: Element + Float + FromPrimitive>(c: &mut Criterion, type_name: &str) {
+    let mut group = c.benchmark_group(format!("backward/{type_name}"));
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    group.sample_size(20);
+    for (rows, cols) in SHAPES {
+        let shape = format!("{rows}x{cols}");
+        let x = random::<A>(rows, cols, 2);
+        let dy = random::<A>(rows, cols, 3);
+        let gain = Array1::from_elem(cols, A::from(1.5).expect("representable"));
+        let ln = LayerNorm::from_params(gain.clone(), Array1::from_elem(cols, A::zero()), 1e-5)
+            .expect("valid");
+        let (_, stats) = ln.forward_with_stats(&x).expect("valid");
+        let mut dx = Array2::<A>::zeros((rows, cols));
+        let mut gain_grad = Array1::<A>::zeros(cols);
+        let mut bias_grad = Array1::<A>::zeros(cols);
+        group.throughput(Throughput::Bytes((3 * rows * cols * size_of::<A>()) as u64));
+
+        group.bench_function(BenchmarkId::new("backward_into", &shape), |b| {
+            b.iter(|| {
+                ln.backward_into(
+                    black_box(&x),
+                    &stats,
+                    black_box(&dy),
+                    black_box(&mut dx),
+                    Some(&mut gain_grad),
+                    Some(&mut bias_grad),
+                )
+                .expect("valid")
+            })
+        });
+        let eps = A::from(1e-5).expect("representable");
+        group.bench_function(BenchmarkId::new("naive_ndarray", &shape), |b| {
+            b.iter(|| naive_backward(black_box(&x), &gain, black_box(&dy), eps))
+        });
+        let (scale, shift) = (A::from(1.5).expect("1.5"), A::from(0.25).expect("0.25"));
+        group.bench_function(BenchmarkId::new("ceiling_3_stream", &shape), |b| {
+            b.iter(|| {
+                Zip::from(black_box(&mut dx))
+                    .and(black_box(&x))
+                    .and(black_box(&dy))
+                    .for_each(|out, &x, &dy| *out = scale * x + shift * dy)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    bench_forward::<f32>(c, "f32");
+    bench_forward::<f64>(c, "f64");
+    bench_backward::<f32>(c, "f32");
+    bench_backward::<f64>(c, "f64");
+}
+
+criterion_group!(layer_norm, benches);
+criterion_main!(layer_norm);

@@ -1,0 +1,57 @@
+//! Results do not depend on the number of threads: forward, stats, dx, dgain and dbias are
+//! bitwise identical in rayon pools of 1, 2, 3 and 4 threads (1 thread takes the serial path).
+//! f64 data shows any change in the order of the gradient sums (f32 results would round it away).
+
+#![cfg(feature = "rayon")]
+
+mod common;
+
+use layernorm::{Element, LayerNorm};
+use ndarray::{Array1, Array2};
+
+fn run_in_pool<T: Send>(threads: usize, work: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+        .install(work)
+}
+
+fn check_thread_independence<A: Element>(convert: fn(f64) -> A) {
+    // Shapes above the parallel threshold, with row counts that leave a partial gradient block.
+    for (rows, dim) in [(333, 1000), (1000, 67), (70, 4096)] {
+        let mut rng = common::rng(rows as u64);
+        let x = common::normal_matrix(&mut rng, rows, dim, 50.0, 3.0).mapv(convert);
+        let dy = common::normal_matrix(&mut rng, rows, dim, 0.0, 1.0).mapv(convert);
+        let gain = common::uniform_vector(&mut rng, dim, 0.5, 1.5).mapv(convert);
+        let bias = common::uniform_vector(&mut rng, dim, -1.0, 1.0).mapv(convert);
+        let ln = LayerNorm::from_params(gain, bias, 1e-5).expect("valid");
+        let compute = || {
+            let (y, stats) = ln.forward_with_stats(&x).expect("valid");
+            let grads = ln.backward(&x, &stats, &dy).expect("valid");
+            let mut dx = Array2::from_elem((rows, dim), convert(0.0));
+            let mut gain_acc = Array1::from_elem(dim, convert(0.125));
+            ln.backward_into(&x, &stats, &dy, &mut dx, Some(&mut gain_acc), None)
+                .expect("valid");
+            (y, stats, grads, dx, gain_acc)
+        };
+        let serial = run_in_pool(1, compute);
+        for threads in [2, 3, 4] {
+            let parallel = run_in_pool(threads, compute);
+            assert!(
+                serial == parallel,
+                "{rows}x{dim}: {threads} threads differ from 1"
+            );
+        }
+    }
+}
+
+#[test]
+fn f32_results_are_bitwise_identical_on_any_thread_count() {
+    check_thread_independence(|v| v as f32);
+}
+
+#[test]
+fn f64_results_are_bitwise_identical_on_any_thread_count() {
+    check_thread_independence(|v| v);
+}
