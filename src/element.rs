@@ -1,5 +1,6 @@
 //! The element types a layer can hold, and the type its statistics are computed in.
 
+use crate::kernels::{simd, Affine, BackwardRows, RowStatsOut};
 use num_traits::{Float, FromPrimitive};
 use std::fmt::{Debug, Display};
 
@@ -30,6 +31,53 @@ pub trait Element:
 
     /// Rounds a statistics-type value to the storage type (to nearest).
     fn from_stat(value: Self::Stat) -> Self;
+
+    /// The kernel that normalizes rows of this type (the crate's hook; not callable outside).
+    #[doc(hidden)]
+    fn forward_rows(
+        x: Option<&[Self]>,
+        out: &mut [Self],
+        dim: usize,
+        affine: Affine<'_, Self>,
+        eps: Self::Stat,
+        stats: Option<RowStatsOut<'_, Self::Stat>>,
+    );
+
+    /// The kernel that differentiates rows of this type (the crate's hook; not callable outside).
+    #[doc(hidden)]
+    fn backward_rows(
+        rows: BackwardRows<'_, Self>,
+        dx: &mut [Self],
+        partial_gain: Option<&mut [Self::Stat]>,
+        partial_bias: Option<&mut [Self::Stat]>,
+        scratch: &mut Vec<Self>,
+    );
+}
+
+/// f32 and f64 run the SIMD kernels.
+macro_rules! simd_kernels {
+    () => {
+        fn forward_rows(
+            x: Option<&[Self]>,
+            out: &mut [Self],
+            dim: usize,
+            affine: Affine<'_, Self>,
+            eps: f64,
+            stats: Option<RowStatsOut<'_, f64>>,
+        ) {
+            simd::forward_rows(x, out, dim, affine, eps, stats);
+        }
+
+        fn backward_rows(
+            rows: BackwardRows<'_, Self>,
+            dx: &mut [Self],
+            partial_gain: Option<&mut [f64]>,
+            partial_bias: Option<&mut [f64]>,
+            scratch: &mut Vec<Self>,
+        ) {
+            simd::backward_rows(rows, dx, partial_gain, partial_bias, scratch);
+        }
+    };
 }
 
 impl Element for f32 {
@@ -44,6 +92,8 @@ impl Element for f32 {
     fn from_stat(value: f64) -> f32 {
         value as f32
     }
+
+    simd_kernels!();
 }
 
 impl Element for f64 {
@@ -58,4 +108,6 @@ impl Element for f64 {
     fn from_stat(value: f64) -> f64 {
         value
     }
+
+    simd_kernels!();
 }

@@ -2,8 +2,8 @@
 
 use crate::element::Element;
 use crate::error::NormError;
-use crate::kernels::{Affine, RowStatsOut};
-use crate::rows::{self, BackwardInputs, GradTotals};
+use crate::kernels::{Affine, BackwardRows, RowStatsOut};
+use crate::rows::{self, GradTotals};
 use crate::stats::NormStats;
 use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
 use num_traits::{FromPrimitive, One, Zero};
@@ -739,12 +739,13 @@ impl<A: Element> LayerNorm<A> {
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
         let (means, inv_stds) = stats.as_slices();
-        let inputs = BackwardInputs {
+        let inputs = BackwardRows {
             x: as_slice_std(&x).data,
             dy: as_slice_std(&dy).data,
             means,
             inv_stds,
             gain: self.affine().gain,
+            eps: self.eps_stat(),
             dim: self.dim,
         };
         write_standard(dx, |dx| {

@@ -10,7 +10,7 @@
 //! perform the same additions in the same order and agree bit for bit.
 
 use crate::element::Element;
-use crate::kernels::{self, Affine, RowStatsOut};
+use crate::kernels::{self, Affine, BackwardRows, RowStatsOut};
 use num_traits::Zero;
 
 /// Rows per block of the parameter-gradient reduction. Part of the numerical result: changing
@@ -23,7 +23,7 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
 /// Rows handed to one parallel task: about this many elements, at least one row.
 #[cfg(feature = "rayon")]
-const TASK_ELEMENTS: usize = 1 << 14;
+const TASK_ELEMENTS: usize = 1 << 16;
 
 #[cfg(feature = "rayon")]
 fn worth_splitting(elements: usize) -> bool {
@@ -125,52 +125,9 @@ fn forward_split<A: Element>(
     );
 }
 
-/// The read-only inputs of the backward pass, whole rows.
-#[derive(Clone, Copy)]
-pub(crate) struct BackwardInputs<'a, A: Element> {
-    pub(crate) x: &'a [A],
-    pub(crate) dy: &'a [A],
-    pub(crate) means: &'a [A::Stat],
-    pub(crate) inv_stds: &'a [A::Stat],
-    pub(crate) gain: Option<&'a [A]>,
-    pub(crate) dim: usize,
-}
-
-impl<'a, A: Element> BackwardInputs<'a, A> {
-    fn rows(&self) -> usize {
-        self.means.len()
-    }
-
-    /// Rows `start..end` of every input.
-    fn rows_range(&self, start: usize, end: usize) -> Self {
-        let dim = self.dim;
-        BackwardInputs {
-            x: &self.x[start * dim..end * dim],
-            dy: &self.dy[start * dim..end * dim],
-            means: &self.means[start..end],
-            inv_stds: &self.inv_stds[start..end],
-            ..*self
-        }
-    }
-
-    fn kernel(&self, dx: &mut [A], dgain: Option<&mut [A::Stat]>, dbias: Option<&mut [A::Stat]>) {
-        kernels::backward_rows(
-            self.x,
-            self.dy,
-            self.means,
-            self.inv_stds,
-            dx,
-            self.dim,
-            self.gain,
-            dgain,
-            dbias,
-        );
-    }
-}
-
 /// Backward over all rows: writes `dx` and adds the parameter gradients into `totals`.
 pub(crate) fn backward<A: Element>(
-    inputs: BackwardInputs<'_, A>,
+    inputs: BackwardRows<'_, A>,
     dx: &mut [A],
     totals: GradTotals<'_, A::Stat>,
 ) {
@@ -178,8 +135,9 @@ pub(crate) fn backward<A: Element>(
     if worth_splitting(dx.len()) {
         return backward_parallel(inputs, dx, totals);
     }
+    let mut scratch = Vec::new();
     if totals.is_empty() {
-        return inputs.kernel(dx, None, None);
+        return kernels::backward_rows(inputs, dx, None, None, &mut scratch);
     }
     let dim = inputs.dim;
     let mut block_gain = totals.gain.as_ref().map(|_| vec![A::Stat::zero(); dim]);
@@ -197,6 +155,7 @@ pub(crate) fn backward<A: Element>(
             &mut dx[start * dim..end * dim],
             block_gain.as_deref_mut(),
             block_bias.as_deref_mut(),
+            &mut scratch,
         );
         add_into(total_gain.as_deref_mut(), block_gain.as_deref());
         add_into(total_bias.as_deref_mut(), block_bias.as_deref());
@@ -205,10 +164,11 @@ pub(crate) fn backward<A: Element>(
 
 /// One block's contribution: `dx` for its rows, and its parameter-gradient sums from zero.
 fn block_partial<A: Element>(
-    block: BackwardInputs<'_, A>,
+    block: BackwardRows<'_, A>,
     dx: &mut [A],
     mut partial_gain: Option<&mut [A::Stat]>,
     mut partial_bias: Option<&mut [A::Stat]>,
+    scratch: &mut Vec<A>,
 ) {
     for partial in [partial_gain.as_deref_mut(), partial_bias.as_deref_mut()]
         .into_iter()
@@ -216,7 +176,7 @@ fn block_partial<A: Element>(
     {
         partial.fill(A::Stat::zero());
     }
-    block.kernel(dx, partial_gain, partial_bias);
+    kernels::backward_rows(block, dx, partial_gain, partial_bias, scratch);
 }
 
 fn add_into<S: Copy + std::ops::Add<Output = S>>(total: Option<&mut [S]>, part: Option<&[S]>) {
@@ -229,7 +189,7 @@ fn add_into<S: Copy + std::ops::Add<Output = S>>(total: Option<&mut [S]>, part: 
 
 #[cfg(feature = "rayon")]
 fn backward_parallel<A: Element>(
-    inputs: BackwardInputs<'_, A>,
+    inputs: BackwardRows<'_, A>,
     dx: &mut [A],
     totals: GradTotals<'_, A::Stat>,
 ) {
@@ -271,7 +231,7 @@ fn backward_parallel<A: Element>(
 /// Splits whole blocks across threads; each block writes its own slot of the partial buffers.
 #[cfg(feature = "rayon")]
 fn backward_split<A: Element>(
-    inputs: BackwardInputs<'_, A>,
+    inputs: BackwardRows<'_, A>,
     dx: &mut [A],
     partial_gain: Option<&mut [A::Stat]>,
     partial_bias: Option<&mut [A::Stat]>,
@@ -283,6 +243,7 @@ fn backward_split<A: Element>(
     if blocks <= blocks_per_task {
         let mut partial_gain = partial_gain;
         let mut partial_bias = partial_bias;
+        let mut scratch = Vec::new();
         for block in 0..blocks {
             let start = block * GRAD_BLOCK_ROWS;
             let end = (start + GRAD_BLOCK_ROWS).min(rows);
@@ -292,6 +253,7 @@ fn backward_split<A: Element>(
                 &mut dx[start * dim..end * dim],
                 partial_gain.as_deref_mut().map(|p| &mut p[slot.clone()]),
                 partial_bias.as_deref_mut().map(|p| &mut p[slot]),
+                &mut scratch,
             );
         }
         return;

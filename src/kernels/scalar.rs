@@ -11,7 +11,7 @@
 //! dgainᵢ += dyᵢ · x̂ᵢ               dbiasᵢ += dyᵢ
 //! ```
 
-use super::{Affine, RowStatsOut};
+use super::{Affine, BackwardRows, RowStatsOut};
 use crate::element::Element;
 use num_traits::{Float, FromPrimitive};
 
@@ -85,27 +85,22 @@ pub(crate) fn forward_rows<A: Element>(
     }
 }
 
-/// Backward pass over whole rows of length `dim`: writes `dx` and, row by row in order, adds
-/// each row's `dyᵢ · x̂ᵢ` into `dgain` and `dyᵢ` into `dbias` when they are given.
-#[allow(clippy::too_many_arguments)]
+/// Backward pass over whole rows: writes `dx` and, row by row in order, adds each row's
+/// `dyᵢ · x̂ᵢ` into `dgain` and `dyᵢ` into `dbias` when they are given.
 pub(crate) fn backward_rows<A: Element>(
-    x: &[A],
-    dy: &[A],
-    means: &[A::Stat],
-    inv_stds: &[A::Stat],
+    rows: BackwardRows<'_, A>,
     dx: &mut [A],
-    dim: usize,
-    gain: Option<&[A]>,
     mut dgain: Option<&mut [A::Stat]>,
     mut dbias: Option<&mut [A::Stat]>,
 ) {
+    let dim = rows.dim;
     let n = len_as::<A::Stat>(dim);
     for (row_index, dx_row) in dx.chunks_exact_mut(dim).enumerate() {
-        let x_row = &x[row_index * dim..(row_index + 1) * dim];
-        let dy_row = &dy[row_index * dim..(row_index + 1) * dim];
-        let (mean, inv_std) = (means[row_index], inv_stds[row_index]);
+        let x_row = &rows.x[row_index * dim..(row_index + 1) * dim];
+        let dy_row = &rows.dy[row_index * dim..(row_index + 1) * dim];
+        let (mean, inv_std) = (rows.means[row_index], rows.inv_stds[row_index]);
         let x_hat = |i: usize| (x_row[i].to_stat() - mean) * inv_std;
-        let g = |i: usize| match gain {
+        let g = |i: usize| match rows.gain {
             Some(gain) => gain[i].to_stat() * dy_row[i].to_stat(),
             None => dy_row[i].to_stat(),
         };

@@ -1,0 +1,316 @@
+//! Every dispatched SIMD kernel this CPU can run against the scalar specification, on every
+//! row length from 1 to 130 and 1020 to 1030 (crossing every vector width, accumulator block
+//! and remainder), at slice offsets that cross alignment, with and without gain and bias,
+//! in place and out of place, and on rows that must take the scalar fallback.
+//!
+//! Tolerance: the fast path rounds a few times in the data type where the specification rounds
+//! once from f64, so outputs may differ by a few ulps of the row's output scale (3 for f32).
+//! For f64 the specification's plain f64 mean is itself off by ~ulp(|μ|)/σ of the scale, so
+//! the allowance grows with the row's offset.
+
+use super::simd::{backward_rows_on, forward_rows_on, SimdFloat};
+use super::{scalar, Affine, BackwardRows, RowStatsOut};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const LENGTHS: [std::ops::RangeInclusive<usize>; 2] = [1..=130, 1020..=1030];
+const OFFSETS: [usize; 3] = [0, 1, 3];
+const ROWS: usize = 3;
+
+/// Every instruction set the kernels can be dispatched to here, the scalar one included.
+fn instruction_sets() -> Vec<(&'static str, pulp::Arch)> {
+    let mut sets = vec![("best", pulp::Arch::new()), ("scalar", pulp::Arch::Scalar)];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            sets.push(("avx2", pulp::Arch::V3(simd)));
+        }
+        if let Some(simd) = pulp::x86::V4::try_new() {
+            sets.push(("avx512", pulp::Arch::V4(simd)));
+        }
+    }
+    sets
+}
+
+fn ulp_of<T: SimdFloat>(magnitude: f64) -> f64 {
+    T::epsilon().to_stat() * magnitude.abs().max(f64::MIN_POSITIVE)
+}
+
+/// Checks `fast` against `spec` row by row, within `ulps` of each row's natural scale: the
+/// size of the terms the result is computed from, so that results that cancel to nearly zero
+/// are judged by the precision of what cancelled.
+fn assert_rows_close<T: SimdFloat>(what: &str, fast: &[T], spec: &[T], scales: &[f64], ulps: f64) {
+    let dim = fast.len() / scales.len();
+    for (row, (fast_row, spec_row)) in fast.chunks(dim).zip(spec.chunks(dim)).enumerate() {
+        let scale = scales[row];
+        for (i, (f, s)) in fast_row.iter().zip(spec_row).enumerate() {
+            let difference = (f.to_stat() - s.to_stat()).abs();
+            assert!(
+                difference <= ulps * ulp_of::<T>(scale),
+                "{what}: row {row} [{i}] of {dim}: fast {f} spec {s} (scale {scale})"
+            );
+        }
+    }
+}
+
+struct Data<T> {
+    x: Vec<T>,
+    dy: Vec<T>,
+    gain: Vec<T>,
+    bias: Vec<T>,
+}
+
+fn data<T: SimdFloat>(rng: &mut StdRng, len: usize, dim: usize, offset: f64) -> Data<T> {
+    let mut values = |len: usize, center: f64, spread: f64| -> Vec<T> {
+        (0..len)
+            .map(|_| T::from_stat(center + spread * rng.random_range(-1.0..1.0)))
+            .collect()
+    };
+    Data {
+        x: values(len, offset, 2.0),
+        dy: values(len, 0.0, 1.0),
+        gain: values(dim, 1.0, 0.5),
+        bias: values(dim, 0.0, 0.5),
+    }
+}
+
+fn check_type<T: SimdFloat>(ulps_at_zero_offset: f64, offsets: &[f64]) {
+    let mut rng = StdRng::seed_from_u64(5);
+    for (name, arch) in instruction_sets() {
+        for dim in LENGTHS.into_iter().flatten() {
+            for &start in &OFFSETS {
+                for &mean_offset in offsets {
+                    let ulps = ulps_at_zero_offset * (1.0 + mean_offset.abs());
+                    let len = start + ROWS * dim;
+                    let data = data::<T>(&mut rng, len, dim, mean_offset);
+                    let x = &data.x[start..];
+                    let dy = &data.dy[start..];
+                    for (gain, bias) in [
+                        (Some(&data.gain[..]), Some(&data.bias[..])),
+                        (Some(&data.gain[..]), None),
+                        (None, None),
+                    ] {
+                        let affine = Affine { gain, bias };
+                        let context = format!(
+                            "{name} dim {dim} start {start} offset {mean_offset} gain {} bias {}",
+                            gain.is_some(),
+                            bias.is_some()
+                        );
+                        check_forward(arch, x, dim, affine, ulps, &context);
+                        check_backward(arch, x, dy, dim, gain, ulps, &context);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_forward<T: SimdFloat>(
+    arch: pulp::Arch,
+    x: &[T],
+    dim: usize,
+    affine: Affine<'_, T>,
+    ulps: f64,
+    context: &str,
+) {
+    let eps = 1e-5;
+    let rows = x.len() / dim;
+    let (mut spec_mean, mut spec_inv_std) = (vec![0.0; rows], vec![0.0; rows]);
+    let mut spec = vec![T::zero(); x.len()];
+    scalar::forward_rows(
+        Some(x),
+        &mut spec,
+        dim,
+        affine,
+        eps,
+        Some(RowStatsOut {
+            mean: &mut spec_mean,
+            inv_std: &mut spec_inv_std,
+        }),
+    );
+    let (mut mean, mut inv_std) = (vec![0.0; rows], vec![0.0; rows]);
+    let mut fast = vec![T::zero(); x.len()];
+    forward_rows_on(
+        arch,
+        Some(x),
+        &mut fast,
+        dim,
+        affine,
+        eps,
+        Some(RowStatsOut {
+            mean: &mut mean,
+            inv_std: &mut inv_std,
+        }),
+    );
+    // y = gain · x̂ + bias: its scale is max |gain · x̂| + max |bias|.
+    let magnitude = |values: Option<&[T]>| {
+        values.map_or(1.0, |v| {
+            v.iter().fold(0.0f64, |m, v| m.max(v.to_stat().abs()))
+        })
+    };
+    let y_scales: Vec<f64> = x
+        .chunks(dim)
+        .enumerate()
+        .map(|(row, x_row)| {
+            let max_x_hat = x_row.iter().fold(0.0f64, |m, v| {
+                m.max(((v.to_stat() - spec_mean[row]) * spec_inv_std[row]).abs())
+            });
+            magnitude(affine.gain) * max_x_hat + affine.bias.map_or(0.0, |b| magnitude(Some(b)))
+        })
+        .collect();
+    assert_rows_close(&format!("y {context}"), &fast, &spec, &y_scales, ulps);
+    for row in 0..rows {
+        let scale = 1.0 / spec_inv_std[row];
+        assert!(
+            (mean[row] - spec_mean[row]).abs() <= ulps * ulp_of::<T>(scale),
+            "mean {context}"
+        );
+        assert!(
+            (inv_std[row] / spec_inv_std[row] - 1.0).abs() <= ulps * ulp_of::<T>(1.0),
+            "inv_std {context}"
+        );
+    }
+    let mut in_place = x.to_vec();
+    forward_rows_on(arch, None, &mut in_place, dim, affine, eps, None);
+    assert!(
+        in_place == fast,
+        "in place differs from out of place: {context}"
+    );
+}
+
+fn check_backward<T: SimdFloat>(
+    arch: pulp::Arch,
+    x: &[T],
+    dy: &[T],
+    dim: usize,
+    gain: Option<&[T]>,
+    ulps: f64,
+    context: &str,
+) {
+    let eps = 1e-5;
+    let rows = x.len() / dim;
+    let (mut means, mut inv_stds) = (vec![0.0; rows], vec![0.0; rows]);
+    let mut y = vec![T::zero(); x.len()];
+    let stats = Some(RowStatsOut {
+        mean: &mut means,
+        inv_std: &mut inv_stds,
+    });
+    scalar::forward_rows(
+        Some(x),
+        &mut y,
+        dim,
+        Affine { gain, bias: None },
+        eps,
+        stats,
+    );
+    let backward_rows = BackwardRows {
+        x,
+        dy,
+        means: &means,
+        inv_stds: &inv_stds,
+        gain,
+        eps,
+        dim,
+    };
+
+    let mut spec_dx = vec![T::zero(); x.len()];
+    let (mut spec_gain, mut spec_bias) = (vec![0.0; dim], vec![0.0; dim]);
+    scalar::backward_rows(
+        backward_rows,
+        &mut spec_dx,
+        Some(&mut spec_gain),
+        Some(&mut spec_bias),
+    );
+
+    let mut dx = vec![T::zero(); x.len()];
+    let (mut partial_gain, mut partial_bias) = (vec![0.0; dim], vec![0.0; dim]);
+    let mut scratch = Vec::new();
+    backward_rows_on(
+        arch,
+        backward_rows,
+        &mut dx,
+        Some(&mut partial_gain),
+        Some(&mut partial_bias),
+        &mut scratch,
+    );
+    // dx = r · (g − mean(g) − x̂ · mean(g ⊙ x̂)): its scale is r · max |g| per row.
+    let g = |row: usize, i: usize| {
+        gain.map_or(1.0, |gain| gain[i].to_stat()) * dy[row * dim + i].to_stat()
+    };
+    let dx_scales: Vec<f64> = (0..rows)
+        .map(|row| inv_stds[row] * (0..dim).fold(0.0f64, |m, i| m.max(g(row, i).abs())))
+        .collect();
+    assert_rows_close(&format!("dx {context}"), &dx, &spec_dx, &dx_scales, ulps);
+    // Parameter-gradient sums over the rows: scale rows · max |dy| · √dim (|x̂| ≤ √dim).
+    let as_t = |values: &[f64]| values.iter().map(|&v| T::from_stat(v)).collect::<Vec<T>>();
+    let max_dy = dy.iter().fold(0.0f64, |m, v| m.max(v.to_stat().abs()));
+    let sum_scale = [max_dy * rows as f64 * (dim as f64).sqrt()];
+    for (what, fast, spec) in [
+        ("dgain", &partial_gain, &spec_gain),
+        ("dbias", &partial_bias, &spec_bias),
+    ] {
+        assert_rows_close(
+            &format!("{what} {context}"),
+            &as_t(fast),
+            &as_t(spec),
+            &sum_scale,
+            ulps,
+        );
+    }
+
+    let mut dx_only = vec![T::zero(); x.len()];
+    backward_rows_on(arch, backward_rows, &mut dx_only, None, None, &mut scratch);
+    assert!(
+        dx_only == dx,
+        "dx depends on whether parameter gradients are wanted: {context}"
+    );
+}
+
+#[test]
+fn f32_kernels_match_the_specification_on_every_length_and_alignment() {
+    check_type::<f32>(3.0, &[0.0, 1e4]);
+}
+
+#[test]
+fn f64_kernels_match_the_specification_on_every_length_and_alignment() {
+    check_type::<f64>(8.0, &[0.0, 30.0]);
+}
+
+#[test]
+fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
+    let dim = 37;
+    let mut x = vec![1.5f32; 4 * dim];
+    x[..dim]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = if i % 2 == 0 { f32::MAX } else { -f32::MAX });
+    x[dim + 3] = f32::NAN;
+    x[2 * dim..3 * dim]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = 1e-30 * i as f32);
+    x[3 * dim + 5] = f32::INFINITY;
+    for (name, arch) in instruction_sets() {
+        let mut fast = vec![0.0f32; x.len()];
+        let mut spec = vec![0.0f32; x.len()];
+        let affine = Affine {
+            gain: None,
+            bias: None,
+        };
+        forward_rows_on(arch, Some(&x), &mut fast, dim, affine, 0.0, None);
+        scalar::forward_rows(Some(&x), &mut spec, dim, affine, 0.0, None);
+        let same = fast
+            .iter()
+            .zip(&spec)
+            .all(|(f, s)| f.to_bits() == s.to_bits() || (f.is_nan() && s.is_nan()));
+        assert!(same, "{name}: fallback rows differ from the specification");
+        assert!(
+            fast[..dim].iter().all(|v| v.is_finite()),
+            "{name}: ±MAX row"
+        );
+        assert!(
+            fast[2 * dim..3 * dim].iter().all(|v| v.is_finite()),
+            "{name}: tiny row with eps 0"
+        );
+    }
+}
