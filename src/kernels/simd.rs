@@ -2,21 +2,22 @@
 //! x86-64, NEON on aarch64, chosen when the kernel is called. Without SIMD the scalar
 //! specification runs instead.
 //!
-//! They mirror `scalar.rs` in the data's own precision, made exact with error-free
-//! transformations instead of a wider type:
+//! They mirror `scalar.rs` in the data's own precision, kept exact by shifting before summing
+//! and by folding short partial sums into f64:
 //!
 //! ```text
-//! pass 1  Σ xᵢ          compensated (TwoSum per lane)           → μ in f64, split μ = hi + lo
-//! pass 2  Σ dᵢ²         dᵢ = (xᵢ − hi) − lo; TwoProd + TwoSum   → σ², r = 1/√(σ² + ε) in f64
-//! pass 3  yᵢ = gainᵢ · (dᵢ · r) + biasᵢ
+//! pass 1  m₀ = Σ xᵢ / n                    a first estimate of the mean, rounded to the data type
+//! pass 2  S₁ = Σ (xᵢ − m₀), S₂ = Σ (xᵢ − m₀)²    then μ = m₀ + S₁/n, σ² = S₂/n − (S₁/n)²
+//! pass 3  yᵢ = gainᵢ · ((xᵢ − hi) − lo) · r + biasᵢ      μ = hi + lo, r = 1/√(σ² + ε)
 //! ```
 //!
-//! `dᵢ` is within 2 ulps of `xᵢ − μ` relative to itself, so rows whose mean is far larger than
-//! their spread are normalized as accurately as centered ones. A row whose sum of squares
-//! overflows (or, with a tiny ε, underflows into subnormals) is recomputed by the scalar
+//! `xᵢ − m₀` is exact or nearly so (m₀ is close to the data), the shifted sums are summed in
+//! blocks of a few terms per lane and folded into f64, and `(xᵢ − hi) − lo` is within 2 ulps
+//! of `xᵢ − μ` relative to itself: rows whose mean is far larger than their spread are
+//! normalized as accurately as centered ones. A row whose squares overflow (or, with a tiny
+//! ε, fall into subnormals) or whose estimate m₀ is too far off is recomputed by the scalar
 //! specification, which works in f64 for f32 data; rows with NaN or ±Inf take that path too.
-//! Parameter gradients are accumulated per block with TwoSum in the data type and widened to
-//! f64 at the end of the block.
+//! Parameter gradients are summed over a few rows in the data type and folded into f64.
 
 use super::{scalar, Affine, BackwardRows, RowStatsOut};
 use crate::element::Element;
@@ -49,12 +50,14 @@ pub(crate) trait SimdFloat: Element<Stat = f64> + Pod + num_traits::Float {
     fn load_partial<S: Simd>(simd: S, values: &[Self]) -> Self::Vector<S>;
     /// Stores the first `values.len()` lanes.
     fn store_partial<S: Simd>(simd: S, values: &mut [Self], vector: Self::Vector<S>);
+    /// The sum of the lanes (a short tree of additions in the data type).
+    fn reduce_sum<S: Simd>(simd: S, vector: Self::Vector<S>) -> Self;
 }
 
 macro_rules! impl_simd_float {
     ($float:ty, $vector:ident, $tiny_ssq:expr, $eps_dwarfing:expr,
      $splat:ident, $add:ident, $sub:ident, $mul:ident, $mul_add:ident,
-     $split:ident, $split_mut:ident, $load:ident, $store:ident) => {
+     $split:ident, $split_mut:ident, $load:ident, $store:ident, $reduce_sum:ident) => {
         impl SimdFloat for $float {
             type Vector<S: Simd> = S::$vector;
             const TINY_SUM_OF_SQUARES: f64 = $tiny_ssq;
@@ -101,6 +104,10 @@ macro_rules! impl_simd_float {
             fn store_partial<S: Simd>(simd: S, values: &mut [Self], vector: S::$vector) {
                 simd.$store(values, vector)
             }
+            #[inline(always)]
+            fn reduce_sum<S: Simd>(simd: S, vector: S::$vector) -> Self {
+                simd.$reduce_sum(vector)
+            }
         }
     };
 }
@@ -120,7 +127,8 @@ impl_simd_float!(
     as_simd_f32s,
     as_mut_simd_f32s,
     partial_load_f32s,
-    partial_store_f32s
+    partial_store_f32s,
+    reduce_sum_f32s
 );
 impl_simd_float!(
     f64,
@@ -135,82 +143,97 @@ impl_simd_float!(
     as_simd_f64s,
     as_mut_simd_f64s,
     partial_load_f64s,
-    partial_store_f64s
+    partial_store_f64s,
+    reduce_sum_f64s
 );
 
-/// Independent accumulators per pass: enough to hide the latency of the add chains.
+/// Independent accumulators per sum: enough to hide the latency of the add chains.
 const ACCUMULATORS: usize = 4;
 
-/// A running sum and the running sum of its rounding errors, per lane.
-#[derive(Clone, Copy)]
-struct Compensated<V> {
-    sum: V,
-    error: V,
-}
+/// Vectors summed in the data type (a few terms per lane and accumulator) before the partial
+/// sum is folded into f64.
+const FOLD_VECTORS: usize = 32;
 
-impl<V: Pod> Compensated<V> {
-    #[inline(always)]
-    fn zero<T: SimdFloat<Vector<S> = V>, S: Simd>(simd: S) -> Self {
-        let zero = T::splat(simd, T::zero());
-        Compensated {
-            sum: zero,
-            error: zero,
-        }
-    }
+/// Values averaged for the first estimate of the mean of a row shorter than a few vectors.
+const SAMPLE: usize = 32;
 
-    /// Adds `value` with Knuth's TwoSum: the rounding error of the addition is kept exactly.
-    #[inline(always)]
-    fn add<T: SimdFloat<Vector<S> = V>, S: Simd>(&mut self, simd: S, value: V) {
-        let sum = T::add_vectors(simd, self.sum, value);
-        let value_part = T::sub_vectors(simd, sum, self.sum);
-        let sum_part = T::sub_vectors(simd, sum, value_part);
-        let error = T::add_vectors(
-            simd,
-            T::sub_vectors(simd, self.sum, sum_part),
-            T::sub_vectors(simd, value, value_part),
-        );
-        self.sum = sum;
-        self.error = T::add_vectors(simd, self.error, error);
-    }
+/// Rows whose parameter gradients are summed in the data type before folding into f64.
+const FOLD_ROWS: usize = 8;
 
-    /// Adds `a · b`, keeping the rounding error of the product too (TwoProd with an FMA).
-    #[inline(always)]
-    fn add_product<T: SimdFloat<Vector<S> = V>, S: Simd>(&mut self, simd: S, a: V, b: V) {
-        let product = T::mul_vectors(simd, a, b);
-        let product_error = T::mul_add_vectors(
-            simd,
-            a,
-            b,
-            T::sub_vectors(simd, T::splat(simd, T::zero()), product),
-        );
-        self.add::<T, S>(simd, product);
-        self.error = T::add_vectors(simd, self.error, product_error);
-    }
-}
-
-/// Sum of every lane of every accumulator, in f64.
+/// The sum of the accumulators' lanes, widened to f64. The additions across lanes round in the
+/// data type, which costs at most a few ulps of a block's partial sum: negligible for sums of
+/// squares (all terms positive), and for signed sums small against the row's spread.
 #[inline(always)]
-fn total<T: SimdFloat, S: Simd>(accumulators: &[Compensated<T::Vector<S>>]) -> f64 {
-    let mut sum = 0.0;
-    let mut error = 0.0;
-    for accumulator in accumulators {
-        for &lane in bytemuck::cast_slice::<_, T>(std::slice::from_ref(&accumulator.sum)) {
-            sum += lane.to_stat();
-        }
-        for &lane in bytemuck::cast_slice::<_, T>(std::slice::from_ref(&accumulator.error)) {
-            error += lane.to_stat();
-        }
-    }
-    sum + error
+fn fold<T: SimdFloat, S: Simd>(simd: S, parts: [T::Vector<S>; ACCUMULATORS]) -> f64 {
+    T::reduce_sum(simd, combine::<T, S>(simd, parts)).to_stat()
 }
 
-/// Plain sum of every lane of several accumulators, in f64.
+/// One vector holding the sum of the accumulators.
 #[inline(always)]
-fn plain_total<T: SimdFloat, S: Simd>(accumulators: &[T::Vector<S>]) -> f64 {
-    bytemuck::cast_slice::<_, T>(accumulators)
-        .iter()
-        .map(|lane| lane.to_stat())
-        .sum()
+fn combine<T: SimdFloat, S: Simd>(simd: S, parts: [T::Vector<S>; ACCUMULATORS]) -> T::Vector<S> {
+    let [a, b, c, d] = parts;
+    T::add_vectors(simd, T::add_vectors(simd, a, b), T::add_vectors(simd, c, d))
+}
+
+// Hot loops take their per-vector work as macro bodies, not closures: a closure is compiled as
+// a function of its own, without the instruction set's target features, and its intrinsics
+// then become calls. Everything else here is `#[inline(always)]` into the dispatched body.
+
+/// `(Σₖ sumₖ, Σₖ factorₖ · otherₖ)` over `|k| (sumₖ, factorₖ, otherₖ)` for vector indices
+/// `k < count`, several accumulators wide, folded into f64 every [`FOLD_VECTORS`] vectors.
+macro_rules! sum_and_dot {
+    ($float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr) => {{
+        let simd = $simd;
+        let count: usize = $count;
+        let zero = <$float>::splat(simd, <$float>::zero());
+        let (mut total_sum, mut total_dot) = (0.0, 0.0);
+        let mut start = 0;
+        while start < count {
+            let end = (start + FOLD_VECTORS).min(count);
+            let full = start + (end - start) / ACCUMULATORS * ACCUMULATORS;
+            let mut sums = [zero; ACCUMULATORS];
+            let mut dots = [zero; ACCUMULATORS];
+            let mut group = start;
+            while group < full {
+                for a in 0..ACCUMULATORS {
+                    let $k = group + a;
+                    let (sum, factor, other) = $terms;
+                    sums[a] = <$float>::add_vectors(simd, sums[a], sum);
+                    dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
+                }
+                group += ACCUMULATORS;
+            }
+            for $k in full..end {
+                let (sum, factor, other) = $terms;
+                sums[0] = <$float>::add_vectors(simd, sums[0], sum);
+                dots[0] = <$float>::mul_add_vectors(simd, factor, other, dots[0]);
+            }
+            total_sum += fold::<$float, _>(simd, sums);
+            total_dot += fold::<$float, _>(simd, dots);
+            start = end;
+        }
+        (total_sum, total_dot)
+    }};
+}
+
+/// `out[k] = body` for every vector `k`, with `value` the input vector: `x[k]`, or `out[k]`
+/// itself when `x` is `None` (in place).
+macro_rules! map_vectors {
+    ($x:expr, $out:expr, |$k:ident, $value:ident| $body:expr) => {
+        match $x {
+            Some(x) => {
+                for ($k, (out, &$value)) in $out.iter_mut().zip(x).enumerate() {
+                    *out = $body;
+                }
+            }
+            None => {
+                for ($k, out) in $out.iter_mut().enumerate() {
+                    let $value = *out;
+                    *out = $body;
+                }
+            }
+        }
+    };
 }
 
 /// A row's statistics, in f64 for the record and in the data type for the arithmetic.
@@ -221,87 +244,109 @@ struct RowStats<T> {
     /// `mean = hi + lo` to about twice the data type's precision (lo = 0 for f64).
     hi: T,
     lo: T,
+    /// `inv_std = r + r_lo`, likewise.
     r: T,
+    r_lo: T,
 }
 
 impl<T: SimdFloat> RowStats<T> {
     fn from_f64(mean: f64, inv_std: f64) -> Self {
         let hi = T::from_stat(mean);
+        let r = T::from_stat(inv_std);
         RowStats {
             mean,
             inv_std,
             hi,
             lo: T::from_stat(mean - hi.to_stat()),
-            r: T::from_stat(inv_std),
+            r,
+            r_lo: T::from_stat(inv_std - r.to_stat()),
         }
     }
 }
 
-/// `dᵢ = (xᵢ − hi) − lo`, the deviation from the mean to within 2 ulps of itself.
-#[inline(always)]
-fn deviation<T: SimdFloat, S: Simd>(
-    simd: S,
-    x: T::Vector<S>,
-    hi: T::Vector<S>,
-    lo: T::Vector<S>,
-) -> T::Vector<S> {
-    T::sub_vectors(simd, T::sub_vectors(simd, x, hi), lo)
+/// Computes `x̂ = ((x − hi) − lo) · r`, the normalized value to within a few ulps of itself.
+#[derive(Clone, Copy)]
+struct Normalizer<V> {
+    hi: V,
+    lo: V,
+    r: V,
+}
+
+impl<V: Copy> Normalizer<V> {
+    #[inline(always)]
+    fn new<T: SimdFloat<Vector<S> = V>, S: Simd>(simd: S, stats: &RowStats<T>) -> Self {
+        Normalizer {
+            hi: T::splat(simd, stats.hi),
+            lo: T::splat(simd, stats.lo),
+            r: T::splat(simd, stats.r),
+        }
+    }
+
+    #[inline(always)]
+    fn x_hat<T: SimdFloat<Vector<S> = V>, S: Simd>(&self, simd: S, x: V) -> V {
+        let deviation = T::sub_vectors(simd, T::sub_vectors(simd, x, self.hi), self.lo);
+        T::mul_vectors(simd, deviation, self.r)
+    }
 }
 
 /// Statistics of one row, or `None` when the row needs the scalar specification (non-finite
-/// values, overflowing squares, or squares in the subnormal range with a tiny ε).
+/// values, overflowing squares, squares in the subnormal range with a tiny ε, or a first
+/// estimate of the mean too far off to shift by).
 #[inline(always)]
 fn row_stats<T: SimdFloat, S: Simd>(simd: S, row: &[T], eps: f64) -> Option<RowStats<T>> {
     let n = row.len() as f64;
     let (head, tail) = T::split::<S>(row);
-    let (blocks, rest) = head.as_chunks::<ACCUMULATORS>();
-
-    let mut sums = [Compensated::zero::<T, S>(simd); ACCUMULATORS];
-    for block in blocks {
-        for (sum, &x) in sums.iter_mut().zip(block) {
-            sum.add::<T, S>(simd, x);
+    // The first estimate of the mean: the mean of the first few vectors (of the first values of
+    // a short row). It is within a fraction of σ of the mean for most rows; a worse one is
+    // replaced by the refined mean below.
+    let mut shift = match head.first_chunk::<ACCUMULATORS>() {
+        Some(&first) => {
+            let lanes = size_of::<T::Vector<S>>() / size_of::<T>();
+            let sum = T::reduce_sum(simd, combine::<T, S>(simd, first)).to_stat();
+            T::from_stat(sum / (ACCUMULATORS * lanes) as f64)
         }
-    }
-    for (sum, &x) in sums.iter_mut().zip(rest) {
-        sum.add::<T, S>(simd, x);
-    }
-    let tail_sum: f64 = tail.iter().map(|x| x.to_stat()).sum();
-    let mean = (total::<T, S>(&sums) + tail_sum) / n;
-    if !mean.is_finite() {
-        return None;
-    }
-    let split = RowStats::<T>::from_f64(mean, 0.0);
-    let (hi, lo) = (T::splat(simd, split.hi), T::splat(simd, split.lo));
-
-    let mut squares = [Compensated::zero::<T, S>(simd); ACCUMULATORS];
-    for block in blocks {
-        for (square, &x) in squares.iter_mut().zip(block) {
-            let d = deviation::<T, S>(simd, x, hi, lo);
-            square.add_product::<T, S>(simd, d, d);
+        None => {
+            let sample = &row[..row.len().min(SAMPLE)];
+            let sum: f64 = sample.iter().map(|x| x.to_stat()).sum();
+            T::from_stat(sum / sample.len() as f64)
         }
+    };
+    // A first estimate too far from the mean is replaced by the refined mean (at most twice).
+    for _ in 0..3 {
+        if !shift.is_finite() {
+            return None;
+        }
+        let shift_vector = T::splat(simd, shift);
+        let (sum, sum_of_squares) = sum_and_dot!(T, simd, head.len(), |k| {
+            let deviation = T::sub_vectors(simd, head[k], shift_vector);
+            (deviation, deviation, deviation)
+        });
+        let (tail_sum, tail_squares) = tail.iter().fold((0.0, 0.0), |(sum, squares), x| {
+            let deviation = x.to_stat() - shift.to_stat();
+            (sum + deviation, squares + deviation * deviation)
+        });
+        let correction = (sum + tail_sum) / n;
+        let sum_of_squares = sum_of_squares + tail_squares;
+        let variance = sum_of_squares / n - correction * correction;
+        let reliable = sum_of_squares.is_finite()
+            && (sum_of_squares >= T::TINY_SUM_OF_SQUARES || eps >= T::EPS_DWARFING_TINY);
+        if !reliable {
+            return None;
+        }
+        let mean = shift.to_stat() + correction;
+        // Removing correction² loses little while it is small against the variance: at most a
+        // quarter of it costs less than half a bit of σ².
+        if correction * correction <= variance / 4.0 {
+            let inv_std = (variance.max(0.0) + eps).sqrt().recip();
+            return Some(RowStats::from_f64(mean, inv_std));
+        }
+        shift = T::from_stat(mean);
     }
-    for (square, &x) in squares.iter_mut().zip(rest) {
-        let d = deviation::<T, S>(simd, x, hi, lo);
-        square.add_product::<T, S>(simd, d, d);
-    }
-    let tail_squares: f64 = tail
-        .iter()
-        .map(|x| {
-            let d = x.to_stat() - mean;
-            d * d
-        })
-        .sum();
-    let sum_of_squares = total::<T, S>(&squares) + tail_squares;
-    let reliable = sum_of_squares.is_finite()
-        && (sum_of_squares >= T::TINY_SUM_OF_SQUARES || eps >= T::EPS_DWARFING_TINY);
-    if !reliable {
-        return None;
-    }
-    let inv_std = (sum_of_squares / n + eps).sqrt().recip();
-    Some(RowStats::from_f64(mean, inv_std))
+    None
 }
 
-/// Pass 3: `out = gain · ((x − hi) − lo) · r + bias`; `x = None` reads x from `out`.
+/// Pass 3: `out = gain · x̂ + bias`, with the parameters that exist; `x = None` reads x from
+/// `out`. One loop per combination, so that no loop tests for a parameter.
 #[inline(always)]
 fn normalize_row<T: SimdFloat, S: Simd>(
     simd: S,
@@ -310,77 +355,45 @@ fn normalize_row<T: SimdFloat, S: Simd>(
     stats: RowStats<T>,
     affine: Affine<'_, T>,
 ) {
-    let (hi, lo, r) = (
-        T::splat(simd, stats.hi),
-        T::splat(simd, stats.lo),
-        T::splat(simd, stats.r),
-    );
-    let (one, zero) = (T::splat(simd, T::one()), T::splat(simd, T::zero()));
-    let normalize = |x, gain, bias| {
-        let x_hat = T::mul_vectors(simd, deviation::<T, S>(simd, x, hi, lo), r);
-        T::mul_add_vectors(simd, x_hat, gain, bias)
-    };
-    let (x_head, x_tail) = x.map(T::split::<S>).unzip();
+    let normalizer = Normalizer::new::<T, S>(simd, &stats);
     let (gain_head, gain_tail) = affine.gain.map(T::split::<S>).unzip();
     let (bias_head, bias_tail) = affine.bias.map(T::split::<S>).unzip();
+    let (x_head, x_tail) = x.map(T::split::<S>).unzip();
     let (out_head, out_tail) = T::split_mut::<S>(out);
-    for k in 0..out_head.len() {
-        let x = x_head.map_or(out_head[k], |x| x[k]);
-        let gain = gain_head.map_or(one, |gain| gain[k]);
-        let bias = bias_head.map_or(zero, |bias| bias[k]);
-        out_head[k] = normalize(x, gain, bias);
+    // Slices of one known length, so that indexing them in the loops needs no bounds checks.
+    let len = out_head.len();
+    let (x_head, gain_head, bias_head) = (
+        x_head.map(|x| &x[..len]),
+        gain_head.map(|gain| &gain[..len]),
+        bias_head.map(|bias| &bias[..len]),
+    );
+    match (gain_head, bias_head) {
+        (Some(gain), Some(bias)) => map_vectors!(x_head, out_head, |k, x| {
+            let x_hat = normalizer.x_hat::<T, S>(simd, x);
+            T::mul_add_vectors(simd, x_hat, gain[k], bias[k])
+        }),
+        (Some(gain), None) => map_vectors!(x_head, out_head, |k, x| {
+            T::mul_vectors(simd, normalizer.x_hat::<T, S>(simd, x), gain[k])
+        }),
+        (None, Some(bias)) => map_vectors!(x_head, out_head, |k, x| {
+            T::add_vectors(simd, normalizer.x_hat::<T, S>(simd, x), bias[k])
+        }),
+        (None, None) => map_vectors!(x_head, out_head, |_k, x| {
+            normalizer.x_hat::<T, S>(simd, x)
+        }),
     }
     if !out_tail.is_empty() {
-        let x = T::load_partial(simd, x_tail.unwrap_or(out_tail));
-        let gain = gain_tail.map_or(one, |gain| T::load_partial(simd, gain));
-        let bias = bias_tail.map_or(zero, |bias| T::load_partial(simd, bias));
-        T::store_partial(simd, out_tail, normalize(x, gain, bias));
+        let x_hat =
+            normalizer.x_hat::<T, S>(simd, T::load_partial(simd, x_tail.unwrap_or(out_tail)));
+        let gain = gain_tail.map_or(T::splat(simd, T::one()), |g| T::load_partial(simd, g));
+        let bias = bias_tail.map_or(T::splat(simd, T::zero()), |b| T::load_partial(simd, b));
+        T::store_partial(simd, out_tail, T::mul_add_vectors(simd, x_hat, gain, bias));
     }
 }
 
-/// Compensated per-feature sums of one block's parameter gradients, in the data type.
-struct GradSums<'a, T> {
-    gain: Option<(&'a mut [T], &'a mut [T])>,
-    bias: Option<(&'a mut [T], &'a mut [T])>,
-}
-
-/// Loads a compensated pair, applies `update`, stores it back.
+/// One row of the backward pass:
+/// `dx = r · ((g − mean(g)) − x̂ · mean(g ⊙ x̂))` with `g = gain ⊙ dy`.
 #[inline(always)]
-fn update_pair<T: SimdFloat, S: Simd>(
-    sum: &mut T::Vector<S>,
-    error: &mut T::Vector<S>,
-    update: impl FnOnce(&mut Compensated<T::Vector<S>>),
-) {
-    let mut pair = Compensated {
-        sum: *sum,
-        error: *error,
-    };
-    update(&mut pair);
-    *sum = pair.sum;
-    *error = pair.error;
-}
-
-/// As `update_pair`, for the partial last vector of a row.
-#[inline(always)]
-fn update_pair_tail<T: SimdFloat, S: Simd>(
-    simd: S,
-    sum: &mut [T],
-    error: &mut [T],
-    update: impl FnOnce(&mut Compensated<T::Vector<S>>),
-) {
-    let mut pair = Compensated {
-        sum: T::load_partial(simd, sum),
-        error: T::load_partial(simd, error),
-    };
-    update(&mut pair);
-    T::store_partial(simd, sum, pair.sum);
-    T::store_partial(simd, error, pair.error);
-}
-
-/// One row of the backward pass: `dx = r·g − r·mean(g) − r·mean(g⊙x̂)·x̂` and, when asked,
-/// `dyᵢ·x̂ᵢ` and `dyᵢ` added into the block's compensated sums.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn backward_row<T: SimdFloat, S: Simd>(
     simd: S,
     x: &[T],
@@ -388,98 +401,132 @@ fn backward_row<T: SimdFloat, S: Simd>(
     stats: RowStats<T>,
     gain: Option<&[T]>,
     dx: &mut [T],
-    sums: &mut GradSums<'_, T>,
 ) {
     let n = x.len() as f64;
-    let (hi, lo, r) = (
-        T::splat(simd, stats.hi),
-        T::splat(simd, stats.lo),
-        T::splat(simd, stats.r),
-    );
-    let x_hat_of = |x| T::mul_vectors(simd, deviation::<T, S>(simd, x, hi, lo), r);
-    let g_of =
-        |gain: Option<T::Vector<S>>, dy| gain.map_or(dy, |gain| T::mul_vectors(simd, gain, dy));
+    let normalizer = Normalizer::new::<T, S>(simd, &stats);
     let (x_head, x_tail) = T::split::<S>(x);
     let (dy_head, dy_tail) = T::split::<S>(dy);
     let (gain_head, gain_tail) = gain.map(T::split::<S>).unzip();
+    // Slices of one known length, so that indexing them in the loops needs no bounds checks.
+    let len = x_head.len();
+    let (dy_head, gain_head) = (&dy_head[..len], gain_head.map(|gain| &gain[..len]));
 
-    // Pass A: Σ g and Σ g·x̂, several accumulators wide.
-    let zero = T::splat(simd, T::zero());
-    let mut sum_g = [zero; ACCUMULATORS];
-    let mut sum_g_x_hat = [zero; ACCUMULATORS];
-    let full = x_head.len() - x_head.len() % ACCUMULATORS;
-    for start in (0..full).step_by(ACCUMULATORS) {
-        for a in 0..ACCUMULATORS {
-            let k = start + a;
-            let g = g_of(gain_head.map(|gain| gain[k]), dy_head[k]);
-            sum_g[a] = T::add_vectors(simd, sum_g[a], g);
-            sum_g_x_hat[a] = T::mul_add_vectors(simd, g, x_hat_of(x_head[k]), sum_g_x_hat[a]);
-        }
-    }
-    for k in full..x_head.len() {
-        let g = g_of(gain_head.map(|gain| gain[k]), dy_head[k]);
-        sum_g[0] = T::add_vectors(simd, sum_g[0], g);
-        sum_g_x_hat[0] = T::mul_add_vectors(simd, g, x_hat_of(x_head[k]), sum_g_x_hat[0]);
-    }
+    // Σ g and Σ g·x̂.
+    let (sum_g, sum_g_x_hat) = match gain_head {
+        Some(gain) => sum_and_dot!(T, simd, x_head.len(), |k| {
+            let g = T::mul_vectors(simd, gain[k], dy_head[k]);
+            (g, g, normalizer.x_hat::<T, S>(simd, x_head[k]))
+        }),
+        None => sum_and_dot!(T, simd, x_head.len(), |k| {
+            let x_hat = normalizer.x_hat::<T, S>(simd, x_head[k]);
+            (dy_head[k], dy_head[k], x_hat)
+        }),
+    };
     let (mut tail_g, mut tail_g_x_hat) = (0.0, 0.0);
     for (i, (x, dy)) in x_tail.iter().zip(dy_tail).enumerate() {
         let g = gain_tail.map_or(1.0, |gain| gain[i].to_stat()) * dy.to_stat();
         tail_g += g;
         tail_g_x_hat += g * (x.to_stat() - stats.mean) * stats.inv_std;
     }
-    let mean_g = (plain_total::<T, S>(&sum_g) + tail_g) / n;
-    let mean_g_x_hat = (plain_total::<T, S>(&sum_g_x_hat) + tail_g_x_hat) / n;
+    let mean_g = (sum_g + tail_g) / n;
+    let mean_g_x_hat = (sum_g_x_hat + tail_g_x_hat) / n;
 
-    // Pass B: dx = r · ((g − mean(g)) − x̂ · mean(g⊙x̂)), and the parameter-gradient sums.
-    // Subtracting mean(g) first makes dx exactly 0 where g equals its mean (one-element rows).
-    let mean_g = T::splat(simd, T::from_stat(mean_g));
-    let neg_mean_g_x_hat = T::splat(simd, T::from_stat(-mean_g_x_hat));
-    // r = r_hi + r_lo to about twice the data type's precision: the last multiplication by r
-    // then rounds once instead of twice.
-    let r_lo = T::splat(simd, T::from_stat(stats.inv_std - stats.r.to_stat()));
-    let dx_of = |g, x_hat| {
-        let centered = T::sub_vectors(simd, g, mean_g);
-        let inner = T::mul_add_vectors(simd, neg_mean_g_x_hat, x_hat, centered);
-        T::mul_add_vectors(simd, r, inner, T::mul_vectors(simd, r_lo, inner))
+    let input_grad = InputGrad {
+        normalizer,
+        mean_g: T::splat(simd, T::from_stat(mean_g)),
+        neg_mean_g_x_hat: T::splat(simd, T::from_stat(-mean_g_x_hat)),
+        r_lo: T::splat(simd, stats.r_lo),
     };
     let (dx_head, dx_tail) = T::split_mut::<S>(dx);
-    let mut gain_sums = sums.gain.as_mut().map(|(sum, error)| {
-        let (sum_head, sum_tail) = T::split_mut::<S>(sum);
-        let (error_head, error_tail) = T::split_mut::<S>(error);
-        (sum_head, error_head, sum_tail, error_tail)
-    });
-    let mut bias_sums = sums.bias.as_mut().map(|(sum, error)| {
-        let (sum_head, sum_tail) = T::split_mut::<S>(sum);
-        let (error_head, error_tail) = T::split_mut::<S>(error);
-        (sum_head, error_head, sum_tail, error_tail)
-    });
-    for k in 0..dx_head.len() {
-        let x_hat = x_hat_of(x_head[k]);
-        let dy = dy_head[k];
-        dx_head[k] = dx_of(g_of(gain_head.map(|gain| gain[k]), dy), x_hat);
-        if let Some((sum, error, _, _)) = gain_sums.as_mut() {
-            update_pair::<T, S>(&mut sum[k], &mut error[k], |pair| {
-                pair.add_product::<T, S>(simd, dy, x_hat)
-            });
+    let dx_head = &mut dx_head[..len];
+    match gain_head {
+        Some(gain) => {
+            for (k, dx) in dx_head.iter_mut().enumerate() {
+                let g = T::mul_vectors(simd, gain[k], dy_head[k]);
+                *dx = input_grad.dx::<T, S>(simd, g, x_head[k]);
+            }
         }
-        if let Some((sum, error, _, _)) = bias_sums.as_mut() {
-            update_pair::<T, S>(&mut sum[k], &mut error[k], |pair| {
-                pair.add::<T, S>(simd, dy)
-            });
+        None => {
+            for (k, dx) in dx_head.iter_mut().enumerate() {
+                *dx = input_grad.dx::<T, S>(simd, dy_head[k], x_head[k]);
+            }
         }
     }
     if !dx_tail.is_empty() {
-        let x_hat = x_hat_of(T::load_partial(simd, x_tail));
         let dy = T::load_partial(simd, dy_tail);
-        let gain = gain_tail.map(|gain| T::load_partial(simd, gain));
-        T::store_partial(simd, dx_tail, dx_of(g_of(gain, dy), x_hat));
-        if let Some((_, _, sum, error)) = gain_sums.as_mut() {
-            update_pair_tail::<T, S>(simd, sum, error, |pair| {
-                pair.add_product::<T, S>(simd, dy, x_hat)
-            });
-        }
-        if let Some((_, _, sum, error)) = bias_sums.as_mut() {
-            update_pair_tail::<T, S>(simd, sum, error, |pair| pair.add::<T, S>(simd, dy));
+        let g = gain_tail.map_or(dy, |gain| {
+            T::mul_vectors(simd, T::load_partial(simd, gain), dy)
+        });
+        let dx = input_grad.dx::<T, S>(simd, g, T::load_partial(simd, x_tail));
+        T::store_partial(simd, dx_tail, dx);
+    }
+}
+
+/// `dx = r · ((g − mean(g)) − x̂ · mean(g ⊙ x̂))` for one vector. Subtracting mean(g) first
+/// makes dx exactly 0 where g equals its mean (one-element rows); `r + r_lo` makes the last
+/// multiplication round once.
+#[derive(Clone, Copy)]
+struct InputGrad<V> {
+    normalizer: Normalizer<V>,
+    mean_g: V,
+    neg_mean_g_x_hat: V,
+    r_lo: V,
+}
+
+impl<V: Copy> InputGrad<V> {
+    #[inline(always)]
+    fn dx<T: SimdFloat<Vector<S> = V>, S: Simd>(&self, simd: S, g: V, x: V) -> V {
+        let x_hat = self.normalizer.x_hat::<T, S>(simd, x);
+        let centered = T::sub_vectors(simd, g, self.mean_g);
+        let inner = T::mul_add_vectors(simd, self.neg_mean_g_x_hat, x_hat, centered);
+        let low = T::mul_vectors(simd, self.r_lo, inner);
+        T::mul_add_vectors(simd, self.normalizer.r, inner, low)
+    }
+}
+
+/// Adds one row's `dyᵢ · x̂ᵢ` into `sums` (data type).
+#[inline(always)]
+fn accumulate_gain_row<T: SimdFloat, S: Simd>(
+    simd: S,
+    x: &[T],
+    dy: &[T],
+    stats: RowStats<T>,
+    sums: &mut [T],
+) {
+    let normalizer = Normalizer::new::<T, S>(simd, &stats);
+    let (x_head, x_tail) = T::split::<S>(x);
+    let (dy_head, dy_tail) = T::split::<S>(dy);
+    let (sums_head, sums_tail) = T::split_mut::<S>(sums);
+    let len = sums_head.len();
+    let (x_head, dy_head) = (&x_head[..len], &dy_head[..len]);
+    for (k, sum) in sums_head.iter_mut().enumerate() {
+        let x_hat = normalizer.x_hat::<T, S>(simd, x_head[k]);
+        *sum = T::mul_add_vectors(simd, dy_head[k], x_hat, *sum);
+    }
+    if !sums_tail.is_empty() {
+        let x_hat = normalizer.x_hat::<T, S>(simd, T::load_partial(simd, x_tail));
+        let dy = T::load_partial(simd, dy_tail);
+        let sum = T::load_partial(simd, sums_tail);
+        T::store_partial(simd, sums_tail, T::mul_add_vectors(simd, dy, x_hat, sum));
+    }
+}
+
+/// Adds one row's `dyᵢ` into `sums` (data type). It does not depend on x, so every row, fast
+/// or not, takes this path and `dbias` never depends on another row's values of x.
+#[inline(always)]
+fn accumulate_bias_row<T: SimdFloat>(dy: &[T], sums: &mut [T]) {
+    for (sum, &dy) in sums.iter_mut().zip(dy) {
+        *sum = *sum + dy;
+    }
+}
+
+/// Adds `sums` (data type) into `totals` (f64) and clears them.
+#[inline(always)]
+fn fold_into<T: SimdFloat>(totals: Option<&mut [f64]>, sums: &mut [T]) {
+    if let Some(totals) = totals {
+        for (total, sum) in totals.iter_mut().zip(sums.iter_mut()) {
+            *total += sum.to_stat();
+            *sum = T::zero();
         }
     }
 }
@@ -603,46 +650,38 @@ impl<T: SimdFloat> WithSimd for Backward<'_, T> {
         }
         let dim = rows.dim;
         scratch.clear();
-        scratch.resize(4 * dim, T::zero());
-        let (gain_sums, bias_sums) = scratch.split_at_mut(2 * dim);
-        let mut sums = GradSums {
-            gain: partial_gain.is_some().then(|| gain_sums.split_at_mut(dim)),
-            bias: partial_bias.is_some().then(|| bias_sums.split_at_mut(dim)),
-        };
+        scratch.resize(2 * dim, T::zero());
+        let (gain_sums, bias_sums) = scratch.split_at_mut(dim);
         let n = dim as f64;
         for (row, dx_row) in dx.chunks_exact_mut(dim).enumerate() {
             let (mean, inv_std) = (rows.means[row], rows.inv_stds[row]);
+            let x = &rows.x[row * dim..(row + 1) * dim];
+            let dy = &rows.dy[row * dim..(row + 1) * dim];
             if backward_fast_path_is_safe::<T>(mean, inv_std, n, rows.eps) {
-                backward_row::<T, S>(
-                    simd,
-                    &rows.x[row * dim..(row + 1) * dim],
-                    &rows.dy[row * dim..(row + 1) * dim],
-                    RowStats::from_f64(mean, inv_std),
-                    rows.gain,
-                    dx_row,
-                    &mut sums,
-                );
-            } else {
-                scalar::backward_rows(
-                    rows.rows_range(row, row + 1),
-                    dx_row,
-                    partial_gain.as_deref_mut(),
-                    partial_bias.as_deref_mut(),
-                );
-            }
-        }
-        for (partial, sums) in [(partial_gain, sums.gain), (partial_bias, sums.bias)] {
-            if let (Some(partial), Some((sum, error))) = (partial, sums) {
-                for ((total, sum), error) in partial.iter_mut().zip(sum.iter()).zip(error.iter()) {
-                    *total += sum.to_stat() + error.to_stat();
+                let stats = RowStats::from_f64(mean, inv_std);
+                backward_row::<T, S>(simd, x, dy, stats, rows.gain, dx_row);
+                if partial_gain.is_some() {
+                    accumulate_gain_row::<T, S>(simd, x, dy, stats, gain_sums);
                 }
+            } else {
+                let row_rows = rows.rows_range(row, row + 1);
+                scalar::backward_rows(row_rows, dx_row, partial_gain.as_deref_mut(), None);
+            }
+            if partial_bias.is_some() {
+                accumulate_bias_row(dy, bias_sums);
+            }
+            if (row + 1) % FOLD_ROWS == 0 {
+                fold_into(partial_gain.as_deref_mut(), gain_sums);
+                fold_into(partial_bias.as_deref_mut(), bias_sums);
             }
         }
+        fold_into(partial_gain, gain_sums);
+        fold_into(partial_bias, bias_sums);
     }
 }
 
 /// Backward pass over whole rows on the best instruction set of this CPU; see
-/// `scalar::backward_rows`. `scratch` holds the block's compensated sums between calls.
+/// `scalar::backward_rows`. `scratch` holds short partial sums between calls.
 pub(crate) fn backward_rows<T: SimdFloat>(
     rows: BackwardRows<'_, T>,
     dx: &mut [T],
