@@ -154,6 +154,12 @@ const ACCUMULATORS: usize = 4;
 /// sum is folded into f64.
 const FOLD_VECTORS: usize = 32;
 
+/// Rows of at most this many bytes are "short": their statistics are computed in blocks.
+const SHORT_ROW_BYTES: usize = 1024;
+
+/// Short rows whose statistics are computed together.
+const SHORT_ROW_BLOCK: usize = 16;
+
 /// Values averaged for the first estimate of the mean of a row shorter than a few vectors.
 const SAMPLE: usize = 32;
 
@@ -289,17 +295,13 @@ impl<V: Copy> Normalizer<V> {
     }
 }
 
-/// Statistics of one row, or `None` when the row needs the scalar specification (non-finite
-/// values, overflowing squares, squares in the subnormal range with a tiny ε, or a first
-/// estimate of the mean too far off to shift by).
+/// The first estimate of a row's mean: the mean of its first few vectors (of its first values
+/// when it is short). It is within a fraction of σ of the mean for most rows; a worse one is
+/// replaced by the refined mean (see [`finish_stats`]).
 #[inline(always)]
-fn row_stats<T: SimdFloat, S: Simd>(simd: S, row: &[T], eps: f64) -> Option<RowStats<T>> {
-    let n = row.len() as f64;
-    let (head, tail) = T::split::<S>(row);
-    // The first estimate of the mean: the mean of the first few vectors (of the first values of
-    // a short row). It is within a fraction of σ of the mean for most rows; a worse one is
-    // replaced by the refined mean below.
-    let mut shift = match head.first_chunk::<ACCUMULATORS>() {
+fn first_shift<T: SimdFloat, S: Simd>(simd: S, row: &[T]) -> T {
+    let (head, _) = T::split::<S>(row);
+    match head.first_chunk::<ACCUMULATORS>() {
         Some(&first) => {
             let lanes = size_of::<T::Vector<S>>() / size_of::<T>();
             let sum = T::reduce_sum(simd, combine::<T, S>(simd, first)).to_stat();
@@ -310,8 +312,67 @@ fn row_stats<T: SimdFloat, S: Simd>(simd: S, row: &[T], eps: f64) -> Option<RowS
             let sum: f64 = sample.iter().map(|x| x.to_stat()).sum();
             T::from_stat(sum / sample.len() as f64)
         }
-    };
-    // A first estimate too far from the mean is replaced by the refined mean (at most twice).
+    }
+}
+
+/// `(Σ (xᵢ − shift), Σ (xᵢ − shift)²)` over a row's last, partial vector, in f64.
+#[inline(always)]
+fn shifted_tail_sums<T: SimdFloat>(tail: &[T], shift: T) -> (f64, f64) {
+    tail.iter().fold((0.0, 0.0), |(sum, squares), x| {
+        let deviation = x.to_stat() - shift.to_stat();
+        (sum + deviation, squares + deviation * deviation)
+    })
+}
+
+/// What the sums of a row's deviations from a shift give.
+enum StatsStep<T> {
+    Done(RowStats<T>),
+    /// The shift was too far from the mean; sum again around this better one.
+    Refine(T),
+    /// Only the scalar specification computes this row exactly.
+    Fallback,
+}
+
+/// Mean and inverse standard deviation from the sums of a row's deviations from `shift`:
+/// `μ = shift + S₁/n`, `σ² = S₂/n − (S₁/n)²`.
+#[inline(always)]
+fn finish_stats<T: SimdFloat>(
+    shift: T,
+    sum: f64,
+    sum_of_squares: f64,
+    n: f64,
+    eps: f64,
+) -> StatsStep<T> {
+    let correction = sum / n;
+    let variance = sum_of_squares / n - correction * correction;
+    let reliable = sum_of_squares.is_finite()
+        && (sum_of_squares >= T::TINY_SUM_OF_SQUARES || eps >= T::EPS_DWARFING_TINY);
+    if !reliable {
+        return StatsStep::Fallback;
+    }
+    let mean = shift.to_stat() + correction;
+    // Removing correction² loses little while it is small against the variance: at most a
+    // quarter of it costs less than half a bit of σ².
+    if correction * correction <= variance / 4.0 {
+        let inv_std = (variance.max(0.0) + eps).sqrt().recip();
+        StatsStep::Done(RowStats::from_f64(mean, inv_std))
+    } else {
+        StatsStep::Refine(T::from_stat(mean))
+    }
+}
+
+/// Statistics of one row by a pass over it around `shift`, refined at most twice; `None` when
+/// the row needs the scalar specification (non-finite values, overflowing squares, squares in
+/// the subnormal range with a tiny ε, or no shift close enough to the mean).
+#[inline(always)]
+fn row_stats_from<T: SimdFloat, S: Simd>(
+    simd: S,
+    row: &[T],
+    mut shift: T,
+    eps: f64,
+) -> Option<RowStats<T>> {
+    let n = row.len() as f64;
+    let (head, tail) = T::split::<S>(row);
     for _ in 0..3 {
         if !shift.is_finite() {
             return None;
@@ -321,28 +382,94 @@ fn row_stats<T: SimdFloat, S: Simd>(simd: S, row: &[T], eps: f64) -> Option<RowS
             let deviation = T::sub_vectors(simd, head[k], shift_vector);
             (deviation, deviation, deviation)
         });
-        let (tail_sum, tail_squares) = tail.iter().fold((0.0, 0.0), |(sum, squares), x| {
-            let deviation = x.to_stat() - shift.to_stat();
-            (sum + deviation, squares + deviation * deviation)
-        });
-        let correction = (sum + tail_sum) / n;
-        let sum_of_squares = sum_of_squares + tail_squares;
-        let variance = sum_of_squares / n - correction * correction;
-        let reliable = sum_of_squares.is_finite()
-            && (sum_of_squares >= T::TINY_SUM_OF_SQUARES || eps >= T::EPS_DWARFING_TINY);
-        if !reliable {
-            return None;
+        let (tail_sum, tail_squares) = shifted_tail_sums(tail, shift);
+        match finish_stats(shift, sum + tail_sum, sum_of_squares + tail_squares, n, eps) {
+            StatsStep::Done(stats) => return Some(stats),
+            StatsStep::Refine(better) => shift = better,
+            StatsStep::Fallback => return None,
         }
-        let mean = shift.to_stat() + correction;
-        // Removing correction² loses little while it is small against the variance: at most a
-        // quarter of it costs less than half a bit of σ².
-        if correction * correction <= variance / 4.0 {
-            let inv_std = (variance.max(0.0) + eps).sqrt().recip();
-            return Some(RowStats::from_f64(mean, inv_std));
-        }
-        shift = T::from_stat(mean);
     }
     None
+}
+
+/// Pass 3 of one row fused with pass 2 of the next: writes the row's `out = gain · x̂ + bias`
+/// (`x = None`: in place) while summing the next row's deviations from `next_shift`, so that
+/// reading the next row overlaps writing this one. Returns the next row's sums, tail included.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn normalize_row_and_sum_next<T: SimdFloat, S: Simd>(
+    simd: S,
+    x: Option<&[T]>,
+    out: &mut [T],
+    stats: RowStats<T>,
+    affine: Affine<'_, T>,
+    next: &[T],
+    next_shift: T,
+) -> (f64, f64) {
+    let normalizer = Normalizer::new::<T, S>(simd, &stats);
+    let (gain_head, gain_tail) = affine.gain.map(T::split::<S>).unzip();
+    let (bias_head, bias_tail) = affine.bias.map(T::split::<S>).unzip();
+    let (x_head, x_tail) = x.map(T::split::<S>).unzip();
+    let (next_head, next_tail) = T::split::<S>(next);
+    let (out_head, out_tail) = T::split_mut::<S>(out);
+    // Slices of one known length, so that indexing them in the loops needs no bounds checks.
+    let len = out_head.len();
+    let (x_head, gain_head, bias_head, next_head) = (
+        x_head.map(|x| &x[..len]),
+        gain_head.map(|gain| &gain[..len]),
+        bias_head.map(|bias| &bias[..len]),
+        &next_head[..len],
+    );
+    let shift = T::splat(simd, next_shift);
+    // One loop per source and parameter combination, so that no loop tests for either.
+    macro_rules! normalize_and_sum {
+        (|$k:ident, $x_hat:ident| x: $x:expr, y: $y:expr) => {
+            sum_and_dot!(T, simd, len, |$k| {
+                let $x_hat = normalizer.x_hat::<T, S>(simd, $x);
+                out_head[$k] = $y;
+                let deviation = T::sub_vectors(simd, next_head[$k], shift);
+                (deviation, deviation, deviation)
+            })
+        };
+    }
+    let (sum, sum_of_squares) = match (x_head, gain_head, bias_head) {
+        (Some(x), Some(gain), Some(bias)) => normalize_and_sum!(|k, x_hat| x: x[k],
+            y: T::mul_add_vectors(simd, x_hat, gain[k], bias[k])),
+        (Some(x), Some(gain), None) => normalize_and_sum!(|k, x_hat| x: x[k],
+            y: T::mul_vectors(simd, x_hat, gain[k])),
+        (Some(x), None, Some(bias)) => normalize_and_sum!(|k, x_hat| x: x[k],
+            y: T::add_vectors(simd, x_hat, bias[k])),
+        (Some(x), None, None) => normalize_and_sum!(|k, x_hat| x: x[k], y: x_hat),
+        (None, Some(gain), Some(bias)) => normalize_and_sum!(|k, x_hat| x: out_head[k],
+            y: T::mul_add_vectors(simd, x_hat, gain[k], bias[k])),
+        (None, Some(gain), None) => normalize_and_sum!(|k, x_hat| x: out_head[k],
+            y: T::mul_vectors(simd, x_hat, gain[k])),
+        (None, None, Some(bias)) => normalize_and_sum!(|k, x_hat| x: out_head[k],
+            y: T::add_vectors(simd, x_hat, bias[k])),
+        (None, None, None) => normalize_and_sum!(|k, x_hat| x: out_head[k], y: x_hat),
+    };
+    normalize_tail::<T, S>(simd, x_tail, out_tail, &normalizer, gain_tail, bias_tail);
+    let (tail_sum, tail_squares) = shifted_tail_sums(next_tail, next_shift);
+    (sum + tail_sum, sum_of_squares + tail_squares)
+}
+
+/// The last, partial vector of a row: `out = gain · x̂ + bias` (`x = None`: in place).
+#[inline(always)]
+fn normalize_tail<T: SimdFloat, S: Simd>(
+    simd: S,
+    x_tail: Option<&[T]>,
+    out_tail: &mut [T],
+    normalizer: &Normalizer<T::Vector<S>>,
+    gain_tail: Option<&[T]>,
+    bias_tail: Option<&[T]>,
+) {
+    if !out_tail.is_empty() {
+        let x_hat =
+            normalizer.x_hat::<T, S>(simd, T::load_partial(simd, x_tail.unwrap_or(out_tail)));
+        let gain = gain_tail.map_or(T::splat(simd, T::one()), |g| T::load_partial(simd, g));
+        let bias = bias_tail.map_or(T::splat(simd, T::zero()), |b| T::load_partial(simd, b));
+        T::store_partial(simd, out_tail, T::mul_add_vectors(simd, x_hat, gain, bias));
+    }
 }
 
 /// Pass 3: `out = gain · x̂ + bias`, with the parameters that exist; `x = None` reads x from
@@ -569,24 +696,128 @@ impl<T: SimdFloat> WithSimd for Forward<'_, T> {
         if S::IS_SCALAR {
             return scalar::forward_rows(x, out, dim, affine, eps, stats);
         }
-        for (row, out_row) in out.chunks_exact_mut(dim).enumerate() {
-            let x_row = x.map(|x| &x[row * dim..(row + 1) * dim]);
-            match row_stats::<T, S>(simd, x_row.unwrap_or(out_row), eps) {
-                Some(row_stats) => {
-                    if let Some(stats) = stats.as_mut() {
-                        stats.mean[row] = row_stats.mean;
-                        stats.inv_std[row] = row_stats.inv_std;
-                    }
-                    normalize_row::<T, S>(simd, x_row, out_row, row_stats, affine);
+        let rows = out.len() / dim;
+        if dim * size_of::<T>() <= SHORT_ROW_BYTES {
+            // Short rows: a row's statistics are a short chain of dependent steps, so those of
+            // several rows are computed together (independent chains overlap), then the rows
+            // are written. Consecutive short rows are one stream for the hardware prefetcher.
+            for first in (0..rows).step_by(SHORT_ROW_BLOCK) {
+                let count = SHORT_ROW_BLOCK.min(rows - first);
+                let mut block_stats = [None; SHORT_ROW_BLOCK];
+                for (offset, slot) in block_stats[..count].iter_mut().enumerate() {
+                    let range = (first + offset) * dim..(first + offset + 1) * dim;
+                    let values = x.map_or(&out[range.clone()], |x| &x[range]);
+                    *slot = row_stats_from::<T, S>(
+                        simd,
+                        values,
+                        first_shift::<T, S>(simd, values),
+                        eps,
+                    );
                 }
-                None => {
-                    let row_stats_out = stats.as_mut().map(|stats| RowStatsOut {
-                        mean: &mut stats.mean[row..row + 1],
-                        inv_std: &mut stats.inv_std[row..row + 1],
-                    });
-                    scalar::forward_rows(x_row, out_row, dim, affine, eps, row_stats_out);
+                for (offset, row_stats) in block_stats[..count].iter().enumerate() {
+                    let row = first + offset;
+                    let range = row * dim..(row + 1) * dim;
+                    let x_row = x.map(|x| &x[range.clone()]);
+                    let out_row = &mut out[range];
+                    write_row::<T, S>(
+                        simd, x_row, out_row, *row_stats, affine, eps, &mut stats, row,
+                    );
                 }
             }
+            return;
+        }
+        let n = dim as f64;
+        // Long rows: each row's statistics are computed while the row before it is written (see
+        // `normalize_row_and_sum_next`), so that reading overlaps writing; the first row's by a
+        // pass of its own. `pending` is `Some(stats)` when the previous step computed this
+        // row's statistics (`Some(None)`: the row needs the scalar specification).
+        let mut pending: Option<Option<RowStats<T>>> = None;
+        for row in 0..rows {
+            let range = row * dim..(row + 1) * dim;
+            let (current, later) = out.split_at_mut(range.end);
+            let out_row = &mut current[range.start..];
+            let x_row = x.map(|x| &x[range.clone()]);
+            let row_stats = match pending.take() {
+                Some(row_stats) => row_stats,
+                None => {
+                    let values = x_row.unwrap_or(out_row);
+                    row_stats_from::<T, S>(simd, values, first_shift::<T, S>(simd, values), eps)
+                }
+            };
+            let next: Option<&[T]> = match x {
+                Some(x) => x.get(range.end..range.end + dim),
+                None => later.get(..dim),
+            };
+            let (Some(current_stats), Some(next)) = (row_stats, next) else {
+                write_row::<T, S>(
+                    simd, x_row, out_row, row_stats, affine, eps, &mut stats, row,
+                );
+                continue;
+            };
+            let shift = first_shift::<T, S>(simd, next);
+            if !shift.is_finite() {
+                write_row::<T, S>(
+                    simd, x_row, out_row, row_stats, affine, eps, &mut stats, row,
+                );
+                continue;
+            }
+            record_stats(&mut stats, row, current_stats);
+            let (sum, sum_of_squares) = normalize_row_and_sum_next::<T, S>(
+                simd,
+                x_row,
+                out_row,
+                current_stats,
+                affine,
+                next,
+                shift,
+            );
+            pending = Some(match finish_stats(shift, sum, sum_of_squares, n, eps) {
+                StatsStep::Done(next_stats) => Some(next_stats),
+                StatsStep::Refine(better) => row_stats_from::<T, S>(simd, next, better, eps),
+                StatsStep::Fallback => None,
+            });
+        }
+    }
+}
+
+/// Stores a row's statistics when the caller asked for them.
+#[inline(always)]
+fn record_stats<T: SimdFloat>(
+    stats: &mut Option<RowStatsOut<'_, f64>>,
+    row: usize,
+    row_stats: RowStats<T>,
+) {
+    if let Some(stats) = stats.as_mut() {
+        stats.mean[row] = row_stats.mean;
+        stats.inv_std[row] = row_stats.inv_std;
+    }
+}
+
+/// Writes one row from its statistics, or by the scalar specification when it has none.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn write_row<T: SimdFloat, S: Simd>(
+    simd: S,
+    x_row: Option<&[T]>,
+    out_row: &mut [T],
+    row_stats: Option<RowStats<T>>,
+    affine: Affine<'_, T>,
+    eps: f64,
+    stats: &mut Option<RowStatsOut<'_, f64>>,
+    row: usize,
+) {
+    match row_stats {
+        Some(row_stats) => {
+            record_stats(stats, row, row_stats);
+            normalize_row::<T, S>(simd, x_row, out_row, row_stats, affine);
+        }
+        None => {
+            let row_stats_out = stats.as_mut().map(|stats| RowStatsOut {
+                mean: &mut stats.mean[row..row + 1],
+                inv_std: &mut stats.inv_std[row..row + 1],
+            });
+            let dim = out_row.len();
+            scalar::forward_rows(x_row, out_row, dim, affine, eps, row_stats_out);
         }
     }
 }

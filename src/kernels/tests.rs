@@ -276,41 +276,87 @@ fn f64_kernels_match_the_specification_on_every_length_and_alignment() {
     check_type::<f64>(8.0, &[0.0, 30.0]);
 }
 
+/// Rows of several kinds, interleaved so that every transition between a fast row and a row
+/// the fast path hands to the specification occurs, in short-row blocks and long-row pipelines.
+fn mixed_rows(dim: usize) -> (Vec<f32>, Vec<bool>) {
+    let mut rng = StdRng::seed_from_u64(dim as u64);
+    let mut x = Vec::new();
+    let mut falls_back = Vec::new();
+    for kind in [0, 1, 0, 2, 3, 0, 4, 5, 0, 6, 0] {
+        let row: Vec<f32> = (0..dim)
+            .map(|i| {
+                let normal = 3.0 + rng.random_range(-1.0f32..1.0);
+                match kind {
+                    1 => {
+                        if i % 2 == 0 {
+                            f32::MAX
+                        } else {
+                            -f32::MAX
+                        }
+                    }
+                    2 if i == 3 % dim => f32::NAN,
+                    3 => 1e-30 * i as f32,
+                    4 if i == 5 % dim => f32::INFINITY,
+                    5 => 7.25,
+                    // A first estimate of the mean far off: the first values are huge.
+                    6 if i < dim / 4 => 1e6,
+                    _ => normal,
+                }
+            })
+            .collect();
+        falls_back.push((1..=5).contains(&kind));
+        x.extend(row);
+    }
+    (x, falls_back)
+}
+
 #[test]
 fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
-    let dim = 37;
-    let mut x = vec![1.5f32; 4 * dim];
-    x[..dim]
-        .iter_mut()
-        .enumerate()
-        .for_each(|(i, v)| *v = if i % 2 == 0 { f32::MAX } else { -f32::MAX });
-    x[dim + 3] = f32::NAN;
-    x[2 * dim..3 * dim]
-        .iter_mut()
-        .enumerate()
-        .for_each(|(i, v)| *v = 1e-30 * i as f32);
-    x[3 * dim + 5] = f32::INFINITY;
-    for (name, arch) in instruction_sets() {
-        let mut fast = vec![0.0f32; x.len()];
-        let mut spec = vec![0.0f32; x.len()];
+    for dim in [37, 300, 1000] {
+        let (x, falls_back) = mixed_rows(dim);
         let affine = Affine {
             gain: None,
             bias: None,
         };
-        forward_rows_on(arch, Some(&x), &mut fast, dim, affine, 0.0, None);
+        let mut spec = vec![0.0f32; x.len()];
         scalar::forward_rows(Some(&x), &mut spec, dim, affine, 0.0, None);
-        let same = fast
-            .iter()
-            .zip(&spec)
-            .all(|(f, s)| f.to_bits() == s.to_bits() || (f.is_nan() && s.is_nan()));
-        assert!(same, "{name}: fallback rows differ from the specification");
-        assert!(
-            fast[..dim].iter().all(|v| v.is_finite()),
-            "{name}: ±MAX row"
-        );
-        assert!(
-            fast[2 * dim..3 * dim].iter().all(|v| v.is_finite()),
-            "{name}: tiny row with eps 0"
-        );
+        for (name, arch) in instruction_sets() {
+            let mut fast = vec![0.0f32; x.len()];
+            forward_rows_on(arch, Some(&x), &mut fast, dim, affine, 0.0, None);
+            let mut in_place = x.clone();
+            forward_rows_on(arch, None, &mut in_place, dim, affine, 0.0, None);
+            let same_bits =
+                |a: &f32, b: &f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+            assert!(
+                fast.iter().zip(&in_place).all(|(a, b)| same_bits(a, b)),
+                "{name} {dim}: in place"
+            );
+            for (row, &fallback) in falls_back.iter().enumerate() {
+                let range = row * dim..(row + 1) * dim;
+                let (fast_row, spec_row) = (&fast[range.clone()], &spec[range]);
+                if fallback {
+                    let same = fast_row.iter().zip(spec_row).all(|(a, b)| same_bits(a, b));
+                    assert!(
+                        same,
+                        "{name} {dim}: row {row} differs from the specification"
+                    );
+                } else {
+                    let scale = spec_row.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+                    let close = fast_row
+                        .iter()
+                        .zip(spec_row)
+                        .all(|(a, b)| ((a - b).abs() as f64) <= 3.0 * ulp_of::<f32>(scale));
+                    assert!(close, "{name} {dim}: row {row} is off");
+                }
+            }
+            assert!(
+                fast[dim..2 * dim].iter().all(|v| v.is_finite()),
+                "{name}: ±MAX row"
+            );
+            assert!(
+                fast[4 * dim..5 * dim].iter().all(|v| v.is_finite()),
+                "{name}: tiny row, eps 0"
+            );
+        }
     }
 }
