@@ -6,6 +6,7 @@
 //! Throughput counts the bytes that must move: forward reads x and writes y
 //! (2·rows·cols·size_of::<A>()), backward reads x and dy and writes dx (3·rows·cols·…).
 
+use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use layernorm::{Element, LayerNorm};
 use ndarray::{Array1, Array2, Axis, Zip};
@@ -14,14 +15,15 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-const SHAPES: [(usize, usize); 5] = [
+const SHAPES: [(usize, usize); 6] = [
     (32, 768),
     (512, 1024),
     (4096, 1024),
     (4096, 1000),
     (8192, 4096),
+    (65536, 64),
 ];
 
 fn random<A: Float>(rows: usize, cols: usize, seed: u64) -> Array2<A> {
@@ -82,11 +84,40 @@ fn naive_backward<A: Float + FromPrimitive + 'static>(
     (dx, dgain, dbias)
 }
 
-fn bench_forward<A: Element + Float + FromPrimitive>(c: &mut Criterion, type_name: &str) {
-    let mut group = c.benchmark_group(format!("forward/{type_name}"));
-    group.warm_up_time(Duration::from_millis(500));
-    group.measurement_time(Duration::from_secs(2));
+/// Times `iters` calls of `work` inside `pool`, so that the library's parallel driver sees the
+/// pool's thread count (the timing loop itself runs on a pool thread: no hand-off per call).
+fn time_in(pool: &rayon::ThreadPool, iters: u64, mut work: impl FnMut() + Send) -> Duration {
+    pool.install(|| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            work();
+        }
+        start.elapsed()
+    })
+}
+
+/// Thread pools of one and two threads; each benchmark runs inside one.
+fn pools() -> [(&'static str, rayon::ThreadPool); 2] {
+    [1, 2].map(|threads| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        (if threads == 1 { "1t" } else { "2t" }, pool)
+    })
+}
+
+fn configured<'a>(c: &'a mut Criterion, name: String) -> criterion::BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.warm_up_time(Duration::from_millis(300));
+    group.measurement_time(Duration::from_secs(1));
     group.sample_size(20);
+    group
+}
+
+fn bench_forward<A: Element + Float + FromPrimitive>(c: &mut Criterion, type_name: &str) {
+    let mut group = configured(c, format!("forward/{type_name}"));
+    let pools = pools();
     for (rows, cols) in SHAPES {
         let shape = format!("{rows}x{cols}");
         let x = random::<A>(rows, cols, 1);
@@ -94,38 +125,50 @@ fn bench_forward<A: Element + Float + FromPrimitive>(c: &mut Criterion, type_nam
         let bias = Array1::from_elem(cols, A::from(0.25).expect("representable"));
         let ln = LayerNorm::from_params(gain.clone(), bias.clone(), 1e-5).expect("valid");
         let mut out = Array2::<A>::zeros((rows, cols));
+        let (scale, shift) = (A::from(1.5).expect("1.5"), A::from(0.25).expect("0.25"));
+        // Forward reads x and writes y: 2 · rows · cols · size_of::<A>() bytes.
         group.throughput(Throughput::Bytes((2 * rows * cols * size_of::<A>()) as u64));
-
-        group.bench_function(BenchmarkId::new("forward_into", &shape), |b| {
-            b.iter(|| {
-                ln.forward_into(black_box(&x), black_box(&mut out))
-                    .expect("valid")
+        for (threads, pool) in &pools {
+            let id = BenchmarkId::new(format!("forward_into/{threads}"), &shape);
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    time_in(pool, iters, || {
+                        ln.forward_into(black_box(&x), black_box(&mut out))
+                            .expect("valid")
+                    })
+                })
+            });
+            // The memory ceiling: one read stream and one write stream of the same bytes.
+            let id = BenchmarkId::new(format!("ceiling_a_x_plus_b/{threads}"), &shape);
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    time_in(pool, iters, || {
+                        Zip::from(black_box(&mut out))
+                            .and(black_box(&x))
+                            .par_for_each(|y, &x| *y = scale * x + shift)
+                    })
+                })
+            });
+        }
+        let one_thread = &pools[0].1;
+        group.bench_function(BenchmarkId::new("forward/1t", &shape), |b| {
+            b.iter_custom(|iters| {
+                time_in(one_thread, iters, || {
+                    black_box(ln.forward(black_box(&x)).expect("valid"));
+                })
             })
-        });
-        group.bench_function(BenchmarkId::new("forward", &shape), |b| {
-            b.iter(|| ln.forward(black_box(&x)).expect("valid"))
         });
         let eps = A::from(1e-5).expect("representable");
-        group.bench_function(BenchmarkId::new("naive_ndarray", &shape), |b| {
+        group.bench_function(BenchmarkId::new("naive_ndarray/1t", &shape), |b| {
             b.iter(|| naive_forward(black_box(&x), &gain, &bias, eps))
-        });
-        let (scale, shift) = (A::from(1.5).expect("1.5"), A::from(0.25).expect("0.25"));
-        group.bench_function(BenchmarkId::new("ceiling_a_x_plus_b", &shape), |b| {
-            b.iter(|| {
-                Zip::from(black_box(&mut out))
-                    .and(black_box(&x))
-                    .for_each(|y, &x| *y = scale * x + shift)
-            })
         });
     }
     group.finish();
 }
 
 fn bench_backward<A: Element + Float + FromPrimitive>(c: &mut Criterion, type_name: &str) {
-    let mut group = c.benchmark_group(format!("backward/{type_name}"));
-    group.warm_up_time(Duration::from_millis(500));
-    group.measurement_time(Duration::from_secs(2));
-    group.sample_size(20);
+    let mut group = configured(c, format!("backward/{type_name}"));
+    let pools = pools();
     for (rows, cols) in SHAPES {
         let shape = format!("{rows}x{cols}");
         let x = random::<A>(rows, cols, 2);
@@ -137,33 +180,42 @@ fn bench_backward<A: Element + Float + FromPrimitive>(c: &mut Criterion, type_na
         let mut dx = Array2::<A>::zeros((rows, cols));
         let mut gain_grad = Array1::<A>::zeros(cols);
         let mut bias_grad = Array1::<A>::zeros(cols);
-        group.throughput(Throughput::Bytes((3 * rows * cols * size_of::<A>()) as u64));
-
-        group.bench_function(BenchmarkId::new("backward_into", &shape), |b| {
-            b.iter(|| {
-                ln.backward_into(
-                    black_box(&x),
-                    &stats,
-                    black_box(&dy),
-                    black_box(&mut dx),
-                    Some(&mut gain_grad),
-                    Some(&mut bias_grad),
-                )
-                .expect("valid")
-            })
-        });
-        let eps = A::from(1e-5).expect("representable");
-        group.bench_function(BenchmarkId::new("naive_ndarray", &shape), |b| {
-            b.iter(|| naive_backward(black_box(&x), &gain, black_box(&dy), eps))
-        });
         let (scale, shift) = (A::from(1.5).expect("1.5"), A::from(0.25).expect("0.25"));
-        group.bench_function(BenchmarkId::new("ceiling_3_stream", &shape), |b| {
-            b.iter(|| {
-                Zip::from(black_box(&mut dx))
-                    .and(black_box(&x))
-                    .and(black_box(&dy))
-                    .for_each(|out, &x, &dy| *out = scale * x + shift * dy)
-            })
+        // Backward reads x and dy and writes dx: 3 · rows · cols · size_of::<A>() bytes.
+        group.throughput(Throughput::Bytes((3 * rows * cols * size_of::<A>()) as u64));
+        for (threads, pool) in &pools {
+            let id = BenchmarkId::new(format!("backward_into/{threads}"), &shape);
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    time_in(pool, iters, || {
+                        ln.backward_into(
+                            black_box(&x),
+                            &stats,
+                            black_box(&dy),
+                            black_box(&mut dx),
+                            Some(&mut gain_grad),
+                            Some(&mut bias_grad),
+                        )
+                        .expect("valid")
+                    })
+                })
+            });
+            // The memory ceiling: two read streams and one write stream of the same bytes.
+            let id = BenchmarkId::new(format!("ceiling_3_stream/{threads}"), &shape);
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    time_in(pool, iters, || {
+                        Zip::from(black_box(&mut dx))
+                            .and(black_box(&x))
+                            .and(black_box(&dy))
+                            .par_for_each(|out, &x, &dy| *out = scale * x + shift * dy)
+                    })
+                })
+            });
+        }
+        let eps = A::from(1e-5).expect("representable");
+        group.bench_function(BenchmarkId::new("naive_ndarray/1t", &shape), |b| {
+            b.iter(|| naive_backward(black_box(&x), &gain, black_box(&dy), eps))
         });
     }
     group.finish();

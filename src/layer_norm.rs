@@ -766,15 +766,21 @@ impl<A: Element> LayerNorm<A> {
 
 /// The accumulator's values in the statistics type.
 fn widen<A: Element>(values: &ArrayRef1<A>) -> Vec<A::Stat> {
-    values.iter().map(|&value| value.to_stat()).collect()
+    match values.as_slice() {
+        Some(slice) => slice.iter().map(|&value| value.to_stat()).collect(),
+        None => values.iter().map(|&value| value.to_stat()).collect(),
+    }
 }
 
 /// Writes the totals back into the caller's accumulator, rounded to its type.
 fn narrow_into<A: Element>(target: Option<&mut ArrayRef1<A>>, totals: Option<&[A::Stat]>) {
-    if let (Some(target), Some(totals)) = (target, totals) {
-        for (slot, &total) in target.iter_mut().zip(totals) {
-            *slot = A::from_stat(total);
-        }
+    let (Some(target), Some(totals)) = (target, totals) else {
+        return;
+    };
+    let narrow = |(slot, &total): (&mut A, &A::Stat)| *slot = A::from_stat(total);
+    match target.as_slice_mut() {
+        Some(slice) => slice.iter_mut().zip(totals).for_each(narrow),
+        None => target.iter_mut().zip(totals).for_each(narrow),
     }
 }
 

@@ -250,22 +250,19 @@ struct RowStats<T> {
     /// `mean = hi + lo` to about twice the data type's precision (lo = 0 for f64).
     hi: T,
     lo: T,
-    /// `inv_std = r + r_lo`, likewise.
+    /// `inv_std` rounded to the data type.
     r: T,
-    r_lo: T,
 }
 
 impl<T: SimdFloat> RowStats<T> {
     fn from_f64(mean: f64, inv_std: f64) -> Self {
         let hi = T::from_stat(mean);
-        let r = T::from_stat(inv_std);
         RowStats {
             mean,
             inv_std,
             hi,
             lo: T::from_stat(mean - hi.to_stat()),
-            r,
-            r_lo: T::from_stat(inv_std - r.to_stat()),
+            r: T::from_stat(inv_std),
         }
     }
 }
@@ -518,133 +515,262 @@ fn normalize_row<T: SimdFloat, S: Simd>(
     }
 }
 
-/// One row of the backward pass:
-/// `dx = r · ((g − mean(g)) − x̂ · mean(g ⊙ x̂))` with `g = gain ⊙ dy`.
-#[inline(always)]
-fn backward_row<T: SimdFloat, S: Simd>(
-    simd: S,
-    x: &[T],
-    dy: &[T],
+/// One row of the backward pass, as full vectors and a partial tail.
+#[derive(Clone, Copy)]
+struct GradRow<'a, T: SimdFloat, S: Simd> {
+    x: &'a [T::Vector<S>],
+    dy: &'a [T::Vector<S>],
+    x_tail: &'a [T],
+    dy_tail: &'a [T],
     stats: RowStats<T>,
-    gain: Option<&[T]>,
-    dx: &mut [T],
-) {
-    let n = x.len() as f64;
-    let normalizer = Normalizer::new::<T, S>(simd, &stats);
-    let (x_head, x_tail) = T::split::<S>(x);
-    let (dy_head, dy_tail) = T::split::<S>(dy);
-    let (gain_head, gain_tail) = gain.map(T::split::<S>).unzip();
-    // Slices of one known length, so that indexing them in the loops needs no bounds checks.
-    let len = x_head.len();
-    let (dy_head, gain_head) = (&dy_head[..len], gain_head.map(|gain| &gain[..len]));
+}
 
-    // Σ g and Σ g·x̂.
-    let (sum_g, sum_g_x_hat) = match gain_head {
-        Some(gain) => sum_and_dot!(T, simd, x_head.len(), |k| {
-            let g = T::mul_vectors(simd, gain[k], dy_head[k]);
-            (g, g, normalizer.x_hat::<T, S>(simd, x_head[k]))
-        }),
-        None => sum_and_dot!(T, simd, x_head.len(), |k| {
-            let x_hat = normalizer.x_hat::<T, S>(simd, x_head[k]);
-            (dy_head[k], dy_head[k], x_hat)
-        }),
-    };
-    let (mut tail_g, mut tail_g_x_hat) = (0.0, 0.0);
-    for (i, (x, dy)) in x_tail.iter().zip(dy_tail).enumerate() {
-        let g = gain_tail.map_or(1.0, |gain| gain[i].to_stat()) * dy.to_stat();
-        tail_g += g;
-        tail_g_x_hat += g * (x.to_stat() - stats.mean) * stats.inv_std;
-    }
-    let mean_g = (sum_g + tail_g) / n;
-    let mean_g_x_hat = (sum_g_x_hat + tail_g_x_hat) / n;
-
-    let input_grad = InputGrad {
-        normalizer,
-        mean_g: T::splat(simd, T::from_stat(mean_g)),
-        neg_mean_g_x_hat: T::splat(simd, T::from_stat(-mean_g_x_hat)),
-        r_lo: T::splat(simd, stats.r_lo),
-    };
-    let (dx_head, dx_tail) = T::split_mut::<S>(dx);
-    let dx_head = &mut dx_head[..len];
-    match gain_head {
-        Some(gain) => {
-            for (k, dx) in dx_head.iter_mut().enumerate() {
-                let g = T::mul_vectors(simd, gain[k], dy_head[k]);
-                *dx = input_grad.dx::<T, S>(simd, g, x_head[k]);
-            }
+impl<'a, T: SimdFloat, S: Simd> GradRow<'a, T, S> {
+    #[inline(always)]
+    fn new(x: &'a [T], dy: &'a [T], stats: RowStats<T>) -> Self {
+        let (x, x_tail) = T::split::<S>(x);
+        let (dy, dy_tail) = T::split::<S>(dy);
+        GradRow {
+            x,
+            dy: &dy[..x.len()],
+            x_tail,
+            dy_tail,
+            stats,
         }
-        None => {
-            for (k, dx) in dx_head.iter_mut().enumerate() {
-                *dx = input_grad.dx::<T, S>(simd, dy_head[k], x_head[k]);
-            }
-        }
-    }
-    if !dx_tail.is_empty() {
-        let dy = T::load_partial(simd, dy_tail);
-        let g = gain_tail.map_or(dy, |gain| {
-            T::mul_vectors(simd, T::load_partial(simd, gain), dy)
-        });
-        let dx = input_grad.dx::<T, S>(simd, g, T::load_partial(simd, x_tail));
-        T::store_partial(simd, dx_tail, dx);
     }
 }
 
-/// `dx = r · ((g − mean(g)) − x̂ · mean(g ⊙ x̂))` for one vector. Subtracting mean(g) first
-/// makes dx exactly 0 where g equals its mean (one-element rows); `r + r_lo` makes the last
-/// multiplication round once.
+/// The reductions of a row's backward pass: over its full vectors, `Σ g` and `Σ g·(x − hi)`.
+#[derive(Clone, Copy)]
+struct GradSums {
+    sum_g: f64,
+    sum_g_deviation: f64,
+}
+
+/// Pass A of one row alone: its [`GradSums`].
+#[inline(always)]
+fn grad_sums<T: SimdFloat, S: Simd, const HAS_GAIN: bool>(
+    simd: S,
+    row: GradRow<'_, T, S>,
+    gain: &[T::Vector<S>],
+) -> GradSums {
+    let hi = T::splat(simd, row.stats.hi);
+    let (sum_g, sum_g_deviation) = sum_and_dot!(T, simd, row.x.len(), |k| {
+        let g = if HAS_GAIN {
+            T::mul_vectors(simd, gain[k], row.dy[k])
+        } else {
+            row.dy[k]
+        };
+        (g, g, T::sub_vectors(simd, row.x[k], hi))
+    });
+    GradSums {
+        sum_g,
+        sum_g_deviation,
+    }
+}
+
+/// Per-row constants of pass B: `dx = r · (g − mean(g)) − r·mean(g⊙x̂) · x̂`.
 #[derive(Clone, Copy)]
 struct InputGrad<V> {
     normalizer: Normalizer<V>,
     mean_g: V,
-    neg_mean_g_x_hat: V,
-    r_lo: V,
+    neg_r_mean_g_x_hat: V,
 }
 
 impl<V: Copy> InputGrad<V> {
+    /// From the row's reductions; the tail's terms are added here in f64.
     #[inline(always)]
-    fn dx<T: SimdFloat<Vector<S> = V>, S: Simd>(&self, simd: S, g: V, x: V) -> V {
-        let x_hat = self.normalizer.x_hat::<T, S>(simd, x);
-        let centered = T::sub_vectors(simd, g, self.mean_g);
-        let inner = T::mul_add_vectors(simd, self.neg_mean_g_x_hat, x_hat, centered);
-        let low = T::mul_vectors(simd, self.r_lo, inner);
-        T::mul_add_vectors(simd, self.normalizer.r, inner, low)
+    fn new<T: SimdFloat<Vector<S> = V>, S: Simd>(
+        simd: S,
+        row: GradRow<'_, T, S>,
+        sums: GradSums,
+        gain_tail: &[T],
+    ) -> Self {
+        let stats = row.stats;
+        let n = (size_of_val(row.x) / size_of::<T>() + row.x_tail.len()) as f64;
+        let (mut tail_g, mut tail_g_x_hat) = (0.0, 0.0);
+        for (i, (x, dy)) in row.x_tail.iter().zip(row.dy_tail).enumerate() {
+            let g = gain_tail.get(i).map_or(1.0, |gain| gain.to_stat()) * dy.to_stat();
+            tail_g += g;
+            tail_g_x_hat += g * (x.to_stat() - stats.mean) * stats.inv_std;
+        }
+        // Σ g·x̂ = r · (Σ g·(x − hi) − lo · Σ g) over the full vectors.
+        let vector_g_x_hat =
+            stats.inv_std * (sums.sum_g_deviation - stats.lo.to_stat() * sums.sum_g);
+        let mean_g = (sums.sum_g + tail_g) / n;
+        let mean_g_x_hat = (vector_g_x_hat + tail_g_x_hat) / n;
+        InputGrad {
+            normalizer: Normalizer::new::<T, S>(simd, &stats),
+            mean_g: T::splat(simd, T::from_stat(mean_g)),
+            neg_r_mean_g_x_hat: T::splat(simd, T::from_stat(-stats.inv_std * mean_g_x_hat)),
+        }
+    }
+
+    /// `dx` for one vector. Subtracting mean(g) first makes dx exactly 0 where g equals its
+    /// mean and x̂ is 0 (one-element rows).
+    #[inline(always)]
+    fn dx<T: SimdFloat<Vector<S> = V>, S: Simd>(&self, simd: S, g: V, x_hat: V) -> V {
+        let centered = T::mul_vectors(
+            simd,
+            self.normalizer.r,
+            T::sub_vectors(simd, g, self.mean_g),
+        );
+        T::mul_add_vectors(simd, self.neg_r_mean_g_x_hat, x_hat, centered)
     }
 }
 
-/// Adds one row's `dyᵢ · x̂ᵢ` into `sums` (data type).
+/// Where pass B writes: `dx`, and the parameter-gradient sums it adds to (data type).
+struct GradOut<'a, V> {
+    dx: &'a mut [V],
+    gain_sums: &'a mut [V],
+    bias_sums: &'a mut [V],
+}
+
+/// Pass B for vector `k`: `dx[k]`, and `dy·x̂`, `dy` added into the sums that are wanted.
 #[inline(always)]
-fn accumulate_gain_row<T: SimdFloat, S: Simd>(
+#[allow(clippy::too_many_arguments)]
+fn grad_at<
+    T: SimdFloat,
+    S: Simd,
+    const HAS_GAIN: bool,
+    const GAIN_GRAD: bool,
+    const BIAS_GRAD: bool,
+>(
     simd: S,
-    x: &[T],
-    dy: &[T],
-    stats: RowStats<T>,
-    sums: &mut [T],
+    k: usize,
+    x: T::Vector<S>,
+    dy: T::Vector<S>,
+    gain: &[T::Vector<S>],
+    input_grad: &InputGrad<T::Vector<S>>,
+    out: &mut GradOut<'_, T::Vector<S>>,
 ) {
-    let normalizer = Normalizer::new::<T, S>(simd, &stats);
-    let (x_head, x_tail) = T::split::<S>(x);
-    let (dy_head, dy_tail) = T::split::<S>(dy);
-    let (sums_head, sums_tail) = T::split_mut::<S>(sums);
-    let len = sums_head.len();
-    let (x_head, dy_head) = (&x_head[..len], &dy_head[..len]);
-    for (k, sum) in sums_head.iter_mut().enumerate() {
-        let x_hat = normalizer.x_hat::<T, S>(simd, x_head[k]);
-        *sum = T::mul_add_vectors(simd, dy_head[k], x_hat, *sum);
+    let x_hat = input_grad.normalizer.x_hat::<T, S>(simd, x);
+    let g = if HAS_GAIN {
+        T::mul_vectors(simd, gain[k], dy)
+    } else {
+        dy
+    };
+    out.dx[k] = input_grad.dx::<T, S>(simd, g, x_hat);
+    if GAIN_GRAD {
+        out.gain_sums[k] = T::mul_add_vectors(simd, dy, x_hat, out.gain_sums[k]);
     }
-    if !sums_tail.is_empty() {
-        let x_hat = normalizer.x_hat::<T, S>(simd, T::load_partial(simd, x_tail));
-        let dy = T::load_partial(simd, dy_tail);
-        let sum = T::load_partial(simd, sums_tail);
-        T::store_partial(simd, sums_tail, T::mul_add_vectors(simd, dy, x_hat, sum));
+    if BIAS_GRAD {
+        out.bias_sums[k] = T::add_vectors(simd, out.bias_sums[k], dy);
     }
 }
 
-/// Adds one row's `dyᵢ` into `sums` (data type). It does not depend on x, so every row, fast
-/// or not, takes this path and `dbias` never depends on another row's values of x.
+/// Pass B of a row, fused with pass A of the next one when there is a next fast row (so that
+/// reading it overlaps writing this one); returns the next row's [`GradSums`].
 #[inline(always)]
-fn accumulate_bias_row<T: SimdFloat>(dy: &[T], sums: &mut [T]) {
-    for (sum, &dy) in sums.iter_mut().zip(dy) {
-        *sum = *sum + dy;
+#[allow(clippy::too_many_arguments)]
+fn backward_row<
+    T: SimdFloat,
+    S: Simd,
+    const HAS_GAIN: bool,
+    const GAIN_GRAD: bool,
+    const BIAS_GRAD: bool,
+>(
+    simd: S,
+    row: GradRow<'_, T, S>,
+    sums: GradSums,
+    next: Option<GradRow<'_, T, S>>,
+    gain: Option<&[T]>,
+    dx: &mut [T],
+    gain_sums: &mut [T],
+    bias_sums: &mut [T],
+) -> Option<GradSums> {
+    let (gain_head, gain_tail) = gain.map_or((&[][..], &[][..]), T::split::<S>);
+    let len = row.x.len();
+    let gain_head = if HAS_GAIN {
+        &gain_head[..len]
+    } else {
+        gain_head
+    };
+    let input_grad = InputGrad::new::<T, S>(simd, row, sums, gain_tail);
+    let (dx_head, dx_tail) = T::split_mut::<S>(dx);
+    let (gain_sums_head, gain_sums_tail) = T::split_mut::<S>(gain_sums);
+    let (bias_sums_head, bias_sums_tail) = T::split_mut::<S>(bias_sums);
+    let mut out = GradOut {
+        dx: &mut dx_head[..len],
+        gain_sums: if GAIN_GRAD {
+            &mut gain_sums_head[..len]
+        } else {
+            gain_sums_head
+        },
+        bias_sums: if BIAS_GRAD {
+            &mut bias_sums_head[..len]
+        } else {
+            bias_sums_head
+        },
+    };
+    let next_sums = match next {
+        Some(next) => {
+            let (next_x, next_dy) = (&next.x[..len], &next.dy[..len]);
+            let next_hi = T::splat(simd, next.stats.hi);
+            let (sum_g, sum_g_deviation) = sum_and_dot!(T, simd, len, |k| {
+                let (x, dy) = (row.x[k], row.dy[k]);
+                grad_at::<T, S, HAS_GAIN, GAIN_GRAD, BIAS_GRAD>(
+                    simd,
+                    k,
+                    x,
+                    dy,
+                    gain_head,
+                    &input_grad,
+                    &mut out,
+                );
+                let g = if HAS_GAIN {
+                    T::mul_vectors(simd, gain_head[k], next_dy[k])
+                } else {
+                    next_dy[k]
+                };
+                (g, g, T::sub_vectors(simd, next_x[k], next_hi))
+            });
+            Some(GradSums {
+                sum_g,
+                sum_g_deviation,
+            })
+        }
+        None => {
+            for k in 0..len {
+                let (x, dy) = (row.x[k], row.dy[k]);
+                grad_at::<T, S, HAS_GAIN, GAIN_GRAD, BIAS_GRAD>(
+                    simd,
+                    k,
+                    x,
+                    dy,
+                    gain_head,
+                    &input_grad,
+                    &mut out,
+                );
+            }
+            None
+        }
+    };
+    if !dx_tail.is_empty() {
+        let x_hat = input_grad
+            .normalizer
+            .x_hat::<T, S>(simd, T::load_partial(simd, row.x_tail));
+        let dy = T::load_partial(simd, row.dy_tail);
+        let g = if HAS_GAIN {
+            T::mul_vectors(simd, T::load_partial(simd, gain_tail), dy)
+        } else {
+            dy
+        };
+        T::store_partial(simd, dx_tail, input_grad.dx::<T, S>(simd, g, x_hat));
+        if GAIN_GRAD {
+            let sum = T::load_partial(simd, gain_sums_tail);
+            T::store_partial(
+                simd,
+                gain_sums_tail,
+                T::mul_add_vectors(simd, dy, x_hat, sum),
+            );
+        }
+        if BIAS_GRAD {
+            let sum = T::load_partial(simd, bias_sums_tail);
+            T::store_partial(simd, bias_sums_tail, T::add_vectors(simd, sum, dy));
+        }
     }
+    next_sums
 }
 
 /// Adds `sums` (data type) into `totals` (f64) and clears them.
@@ -869,46 +995,108 @@ impl<T: SimdFloat> WithSimd for Backward<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Backward {
-            rows,
-            dx,
-            mut partial_gain,
-            mut partial_bias,
-            scratch,
-        } = self;
         if S::IS_SCALAR {
+            let Backward {
+                rows,
+                dx,
+                partial_gain,
+                partial_bias,
+                ..
+            } = self;
             return scalar::backward_rows(rows, dx, partial_gain, partial_bias);
         }
-        let dim = rows.dim;
-        scratch.clear();
-        scratch.resize(2 * dim, T::zero());
-        let (gain_sums, bias_sums) = scratch.split_at_mut(dim);
-        let n = dim as f64;
-        for (row, dx_row) in dx.chunks_exact_mut(dim).enumerate() {
-            let (mean, inv_std) = (rows.means[row], rows.inv_stds[row]);
-            let x = &rows.x[row * dim..(row + 1) * dim];
-            let dy = &rows.dy[row * dim..(row + 1) * dim];
-            if backward_fast_path_is_safe::<T>(mean, inv_std, n, rows.eps) {
-                let stats = RowStats::from_f64(mean, inv_std);
-                backward_row::<T, S>(simd, x, dy, stats, rows.gain, dx_row);
-                if partial_gain.is_some() {
-                    accumulate_gain_row::<T, S>(simd, x, dy, stats, gain_sums);
+        // One body per combination of gain and wanted gradients: no loop tests for them.
+        match (
+            self.rows.gain.is_some(),
+            self.partial_gain.is_some(),
+            self.partial_bias.is_some(),
+        ) {
+            (true, true, true) => backward_all::<T, S, true, true, true>(simd, self),
+            (true, true, false) => backward_all::<T, S, true, true, false>(simd, self),
+            (true, false, true) => backward_all::<T, S, true, false, true>(simd, self),
+            (true, false, false) => backward_all::<T, S, true, false, false>(simd, self),
+            (false, true, true) => backward_all::<T, S, false, true, true>(simd, self),
+            (false, true, false) => backward_all::<T, S, false, true, false>(simd, self),
+            (false, false, true) => backward_all::<T, S, false, false, true>(simd, self),
+            (false, false, false) => backward_all::<T, S, false, false, false>(simd, self),
+        }
+    }
+}
+
+/// The backward pass over all rows: pass B of each fast row fused with pass A of the next;
+/// rows the fast path cannot do exactly go to the scalar specification (their `dyᵢ` still
+/// reaches `dbias` through the same sums as every other row's, so `dbias` never depends on x).
+#[inline(always)]
+fn backward_all<
+    T: SimdFloat,
+    S: Simd,
+    const HAS_GAIN: bool,
+    const GAIN_GRAD: bool,
+    const BIAS_GRAD: bool,
+>(
+    simd: S,
+    backward: Backward<'_, T>,
+) {
+    let Backward {
+        rows,
+        dx,
+        mut partial_gain,
+        mut partial_bias,
+        scratch,
+    } = backward;
+    let dim = rows.dim;
+    scratch.clear();
+    scratch.resize(2 * dim, T::zero());
+    let (gain_sums, bias_sums) = scratch.split_at_mut(dim);
+    let n = dim as f64;
+    let (gain_head, _) = rows.gain.map_or((&[][..], &[][..]), T::split::<S>);
+    let fast_row = |row: usize| -> Option<GradRow<'_, T, S>> {
+        let (mean, inv_std) = (rows.means.get(row)?, rows.inv_stds[row]);
+        backward_fast_path_is_safe::<T>(*mean, inv_std, n, rows.eps).then(|| {
+            let range = row * dim..(row + 1) * dim;
+            GradRow::new(
+                &rows.x[range.clone()],
+                &rows.dy[range],
+                RowStats::from_f64(*mean, inv_std),
+            )
+        })
+    };
+    let mut pending: Option<GradSums> = None;
+    for (row, dx_row) in dx.chunks_exact_mut(dim).enumerate() {
+        match fast_row(row) {
+            Some(current) => {
+                let sums = match pending.take() {
+                    Some(sums) => sums,
+                    None => grad_sums::<T, S, HAS_GAIN>(simd, current, gain_head),
+                };
+                pending = backward_row::<T, S, HAS_GAIN, GAIN_GRAD, BIAS_GRAD>(
+                    simd,
+                    current,
+                    sums,
+                    fast_row(row + 1),
+                    rows.gain,
+                    dx_row,
+                    gain_sums,
+                    bias_sums,
+                );
+            }
+            None => {
+                let single = rows.rows_range(row, row + 1);
+                scalar::backward_rows(single, dx_row, partial_gain.as_deref_mut(), None);
+                if BIAS_GRAD {
+                    for (sum, &dy) in bias_sums.iter_mut().zip(single.dy) {
+                        *sum = *sum + dy;
+                    }
                 }
-            } else {
-                let row_rows = rows.rows_range(row, row + 1);
-                scalar::backward_rows(row_rows, dx_row, partial_gain.as_deref_mut(), None);
-            }
-            if partial_bias.is_some() {
-                accumulate_bias_row(dy, bias_sums);
-            }
-            if (row + 1) % FOLD_ROWS == 0 {
-                fold_into(partial_gain.as_deref_mut(), gain_sums);
-                fold_into(partial_bias.as_deref_mut(), bias_sums);
             }
         }
-        fold_into(partial_gain, gain_sums);
-        fold_into(partial_bias, bias_sums);
+        if (row + 1) % FOLD_ROWS == 0 {
+            fold_into(partial_gain.as_deref_mut(), gain_sums);
+            fold_into(partial_bias.as_deref_mut(), bias_sums);
+        }
     }
+    fold_into(partial_gain, gain_sums);
+    fold_into(partial_bias, bias_sums);
 }
 
 /// Backward pass over whole rows on the best instruction set of this CPU; see
