@@ -354,6 +354,31 @@ impl<A: Element> LayerNorm<A> {
         self.bias.as_mut().map(|bias| bias.view_mut())
     }
 
+    /// Mutable access to gain and bias at once, `(gain, bias)`: for an optimizer that updates
+    /// both in one step. Their lengths cannot change.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ln = layernorm::LayerNorm::<f32>::new(2)?;
+    /// if let (Some(mut gain), Some(mut bias)) = ln.parameters_mut() {
+    ///     gain[0] -= 0.5; // a gradient step on both parameters
+    ///     bias[1] += 0.5;
+    /// }
+    /// assert_eq!(ln.gain().map(|g| g[0]), Some(0.5));
+    /// assert_eq!(ln.bias().map(|b| b[1]), Some(0.5));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn parameters_mut(
+        &mut self,
+    ) -> (Option<ArrayViewMut1<'_, A>>, Option<ArrayViewMut1<'_, A>>) {
+        (
+            self.gain.as_mut().map(|gain| gain.view_mut()),
+            self.bias.as_mut().map(|bias| bias.view_mut()),
+        )
+    }
+
     /// Consumes the layer, returning `(gain, bias, eps)`.
     pub fn into_params(self) -> (Option<Array1<A>>, Option<Array1<A>>, f64) {
         (self.gain, self.bias, self.eps)

@@ -49,11 +49,16 @@
 //!
 //! # Numerics
 //!
-//! - Statistics are computed in two passes over each row (mean, then `Σ(x − μ)²`), never as
-//!   `E[x²] − E[x]²`, with pairwise summation, in the element type's statistics type
-//!   ([`Element::Stat`]: `f64` for `f32` data). Rows whose mean is far larger than their spread
-//!   (`1e4 + N(0, 1)` in `f32`) are normalized to within a few `f32` ulps of an `f64`
-//!   reference, and `f32` inputs up to `f32::MAX` cannot overflow the squares.
+//! - Statistics are computed in two passes over each row, never as `E[x²] − E[x]²`: the second
+//!   pass sums `x − m` and `(x − m)²` around a shift `m` close to the mean (so the differences
+//!   are exact or nearly so), in short blocks folded into `f64`, and corrects mean and variance
+//!   exactly from those sums. The mean is kept as `hi + lo` to twice the data precision and
+//!   saved in [`NormStats`] as `f64` ([`Element::Stat`]). Rows whose mean is far larger than
+//!   their spread (`1e4 + N(0, 1)` in `f32`) are normalized to within a few `f32` ulps of an
+//!   `f64` reference, as centered rows are.
+//! - Rows the fast path cannot compute exactly (NaN/Inf, squares that would overflow or fall into
+//!   subnormals) are computed by a plain scalar specification in `f64`, so `f32` inputs up to
+//!   `f32::MAX` give finite, accurate results.
 //! - The backward pass uses the centered form above, recomputing `x̂ = (x − μ) · r` from the
 //!   saved statistics.
 //! - Constant rows give exactly `bias` and finite gradients for any `eps > 0`.
@@ -61,11 +66,19 @@
 //! - Results do not depend on the number of threads: `y` and `dx` are computed row by row, and
 //!   parameter gradients are summed in fixed blocks of rows combined in a fixed order.
 //!
+//! # Speed
+//!
+//! The kernels are compiled for AVX-512 and AVX2 (x86-64) and NEON (aarch64) and the widest set
+//! the CPU has is chosen at run time, with no `RUSTFLAGS` needed. Reading a row overlaps writing
+//! the previous one. For training loops, prefer [`LayerNorm::forward_into`] and
+//! [`LayerNorm::backward_into`] with reused buffers: writing a freshly allocated output costs
+//! page faults that can exceed the normalization itself.
+//!
 //! # Feature flags
 //!
 //! | feature | default | adds |
 //! |---|---|---|
-//! | `rayon` | yes | splits large inputs across rayon's thread pool (bitwise identical results) |
+//! | `rayon` | yes | splits inputs of 65 536 elements or more across rayon's thread pool (bitwise identical results) |
 //!
 //! # Reference
 //!
