@@ -248,3 +248,50 @@ fn non_finite_values_stay_in_their_row() {
         .all(|v| v.is_nan()));
     assert_eq!(grads_dirty.bias, grads_clean.bias);
 }
+
+#[test]
+fn f64_rows_near_the_maximum_are_normalized_not_flattened() {
+    // Squares (and here the sum) of such values overflow f64; the rows are computed scaled.
+    let x = array![
+        [1e200, -1e200, 3e200, -3e200],
+        [f64::MAX, -f64::MAX, f64::MAX, -f64::MAX],
+        [1e300, 2e300, 3e300, 4e300]
+    ];
+    let ln = LayerNorm::<f64>::new_without_affine(4).expect("valid");
+    let (y, stats) = ln.forward_with_stats(&x).expect("valid");
+    let unit = |row: [f64; 4]| {
+        let mean = row.iter().sum::<f64>() / 4.0;
+        let std = (row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / 4.0).sqrt();
+        row.map(|v| (v - mean) / std)
+    };
+    let expected = [
+        unit([1.0, -1.0, 3.0, -3.0]),
+        [1.0, -1.0, 1.0, -1.0],
+        unit([1.0, 2.0, 3.0, 4.0]),
+    ];
+    for (row, expected) in expected.iter().enumerate() {
+        for (i, e) in expected.iter().enumerate() {
+            assert!(
+                (y[[row, i]] - e).abs() < 1e-12,
+                "row {row}: {} vs {e}",
+                y[[row, i]]
+            );
+        }
+    }
+    assert!(stats.mean().iter().all(|m| m.is_finite()));
+    let dy = array![
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.5, 0.5, -1.0, 0.0]
+    ];
+    let grads = ln.backward(&x, &stats, &dy).expect("valid");
+    assert!(grads.input.iter().all(|v| v.is_finite()));
+    // Shifting a row does not change y, so each row of dx sums to zero (relative to its size).
+    for row in grads.input.rows() {
+        let size = row.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(
+            row.sum().abs() <= 1e-12 * size.max(f64::MIN_POSITIVE),
+            "{row}"
+        );
+    }
+}

@@ -13,7 +13,7 @@
 
 use super::{Affine, BackwardRows, RowStatsOut};
 use crate::element::Element;
-use num_traits::{Float, FromPrimitive};
+use num_traits::{Float, FromPrimitive, One};
 
 /// Below this many terms a sum is a plain loop; above, it is split in halves.
 const PAIRWISE_LEAF: usize = 16;
@@ -32,15 +32,49 @@ fn len_as<S: FromPrimitive>(n: usize) -> S {
     S::from_usize(n).expect("a row length is representable in a float type")
 }
 
-/// Mean and inverse standard deviation of one row, in two passes.
+/// A power of two that brings any finite value far enough below the type's maximum that `n`
+/// squares of it (for any `n < 2³²`) still sum to a finite number: `2⁻¹⁶ / √max`, rounded to a
+/// power of two so that scaling by it is exact.
+fn huge_row_scale<S: Float>() -> S {
+    let two = S::one() + S::one();
+    two.powi(-(S::max_value().log2().to_i32().unwrap_or(1) / 2 + 17))
+}
+
+/// Mean and inverse standard deviation of one row, in two passes. A row of finite values whose
+/// sum or squares overflow (possible for f64 data beyond ~1e154) is computed scaled by
+/// [`huge_row_scale`] and the results scaled back, so it is never silently flattened.
 pub(crate) fn row_stats<A: Element>(row: &[A], eps: A::Stat) -> (A::Stat, A::Stat) {
     let n = len_as::<A::Stat>(row.len());
-    let mean = pairwise_sum(0, row.len(), &|i| row[i].to_stat()) / n;
-    let variance = pairwise_sum(0, row.len(), &|i| {
-        let deviation = row[i].to_stat() - mean;
-        deviation * deviation
-    }) / n;
+    let stats_scaled = |scale: A::Stat| {
+        let mean = pairwise_sum(0, row.len(), &|i| row[i].to_stat() * scale) / n;
+        let variance = pairwise_sum(0, row.len(), &|i| {
+            let deviation = row[i].to_stat() * scale - mean;
+            deviation * deviation
+        }) / n;
+        (mean, variance)
+    };
+    let (mean, variance) = stats_scaled(A::Stat::one());
+    if !(mean.is_finite() && variance.is_finite()) && row.iter().all(|x| x.to_stat().is_finite()) {
+        let scale = huge_row_scale::<A::Stat>();
+        let (mean, variance) = stats_scaled(scale);
+        // r = 1/√(σ² + ε) with σ² = variance/scale²: ε·scale² is far below variance here.
+        return (
+            mean / scale,
+            scale / (variance + eps * scale * scale).sqrt(),
+        );
+    }
     (mean, (variance + eps).sqrt().recip())
+}
+
+/// `x̂ = (x − mean) · inv_std`. For rows whose spread is near the type's maximum (inv_std
+/// tiny), `x − mean` could overflow, so it is formed scaled down by a power of two.
+fn normalized<S: Float>(x: S, mean: S, inv_std: S) -> S {
+    if inv_std >= S::max_value().sqrt().recip() {
+        (x - mean) * inv_std
+    } else {
+        let scale = huge_row_scale::<S>();
+        (x * scale - mean * scale) * (inv_std / scale)
+    }
 }
 
 /// `yᵢ = gainᵢ · (xᵢ − mean) · inv_std + biasᵢ` for one row; `x` is `None` when `out` holds x.
@@ -53,7 +87,7 @@ fn normalize_row<A: Element>(
 ) {
     for i in 0..out.len() {
         let value = x.map_or(out[i], |x| x[i]);
-        let mut y = (value.to_stat() - mean) * inv_std;
+        let mut y = normalized(value.to_stat(), mean, inv_std);
         if let Some(gain) = affine.gain {
             y = y * gain[i].to_stat();
         }
@@ -99,7 +133,7 @@ pub(crate) fn backward_rows<A: Element>(
         let x_row = &rows.x[row_index * dim..(row_index + 1) * dim];
         let dy_row = &rows.dy[row_index * dim..(row_index + 1) * dim];
         let (mean, inv_std) = (rows.means[row_index], rows.inv_stds[row_index]);
-        let x_hat = |i: usize| (x_row[i].to_stat() - mean) * inv_std;
+        let x_hat = |i: usize| normalized(x_row[i].to_stat(), mean, inv_std);
         let g = |i: usize| match rows.gain {
             Some(gain) => gain[i].to_stat() * dy_row[i].to_stat(),
             None => dy_row[i].to_stat(),
