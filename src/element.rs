@@ -1,6 +1,6 @@
 //! The element types a layer can hold, and the type its statistics are computed in.
 
-use crate::kernels::{simd, Affine, BackwardRows, RowStatsOut};
+use crate::kernels::{simd, Params, BackwardRows, RowStatsOut};
 use num_traits::{Float, FromPrimitive};
 use std::fmt::{Debug, Display};
 
@@ -38,7 +38,7 @@ pub trait Element:
         x: Option<&[Self]>,
         out: &mut [Self],
         dim: usize,
-        affine: Affine<'_, Self>,
+        params: Params<'_, Self>,
         eps: Self::Stat,
         stats: Option<RowStatsOut<'_, Self::Stat>>,
     );
@@ -61,11 +61,11 @@ macro_rules! simd_kernels {
             x: Option<&[Self]>,
             out: &mut [Self],
             dim: usize,
-            affine: Affine<'_, Self>,
+            params: Params<'_, Self>,
             eps: f64,
             stats: Option<RowStatsOut<'_, f64>>,
         ) {
-            simd::forward_rows(x, out, dim, affine, eps, stats);
+            simd::forward_rows(x, out, dim, params, eps, stats);
         }
 
         fn backward_rows(

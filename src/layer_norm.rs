@@ -2,7 +2,7 @@
 
 use crate::element::Element;
 use crate::error::NormError;
-use crate::kernels::{Affine, BackwardRows, RowStatsOut};
+use crate::kernels::{Params, BackwardRows, RowStatsOut};
 use crate::rows::{self, GradTotals};
 use crate::stats::NormStats;
 use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
@@ -384,10 +384,11 @@ impl<A: Element> LayerNorm<A> {
         (self.gain, self.bias, self.eps)
     }
 
-    fn affine(&self) -> Affine<'_, A> {
-        Affine {
+    fn params(&self) -> Params<'_, A> {
+        Params {
             gain: self.gain.as_ref().map(as_slice_1d),
             bias: self.bias.as_ref().map(as_slice_1d),
+            centered: true,
         }
     }
 
@@ -439,7 +440,7 @@ impl<A: Element> LayerNorm<A> {
                 Some(x.data),
                 out,
                 self.dim,
-                self.affine(),
+                self.params(),
                 self.eps_stat(),
                 None,
             )
@@ -481,7 +482,7 @@ impl<A: Element> LayerNorm<A> {
                 Some(x.data),
                 out,
                 self.dim,
-                self.affine(),
+                self.params(),
                 self.eps_stat(),
                 Some(RowStatsOut {
                     mean: &mut mean,
@@ -529,7 +530,7 @@ impl<A: Element> LayerNorm<A> {
                 Some(x.data),
                 out,
                 self.dim,
-                self.affine(),
+                self.params(),
                 self.eps_stat(),
                 None,
             )
@@ -575,7 +576,7 @@ impl<A: Element> LayerNorm<A> {
                 Some(x.data),
                 out,
                 self.dim,
-                self.affine(),
+                self.params(),
                 self.eps_stat(),
                 Some(RowStatsOut { mean, inv_std }),
             )
@@ -602,7 +603,7 @@ impl<A: Element> LayerNorm<A> {
     pub fn forward_inplace<D: Dimension>(&self, x: &mut ArrayRef<A, D>) -> Result<(), NormError> {
         self.check_input("x", x)?;
         if let Some(data) = x.as_slice_mut() {
-            rows::forward(None, data, self.dim, self.affine(), self.eps_stat(), None);
+            rows::forward(None, data, self.dim, self.params(), self.eps_stat(), None);
         } else {
             let copy = x.as_standard_layout().into_owned();
             let source = as_slice_std(&copy);
@@ -611,7 +612,7 @@ impl<A: Element> LayerNorm<A> {
                     Some(source.data),
                     out,
                     self.dim,
-                    self.affine(),
+                    self.params(),
                     self.eps_stat(),
                     None,
                 )
@@ -769,7 +770,8 @@ impl<A: Element> LayerNorm<A> {
             dy: as_slice_std(&dy).data,
             means,
             inv_stds,
-            gain: self.affine().gain,
+            gain: self.params().gain,
+            centered: true,
             eps: self.eps_stat(),
             dim: self.dim,
         };

@@ -10,7 +10,7 @@
 //! perform the same additions in the same order and agree bit for bit.
 
 use crate::element::Element;
-use crate::kernels::{self, Affine, BackwardRows, RowStatsOut};
+use crate::kernels::{self, Params, BackwardRows, RowStatsOut};
 use num_traits::Zero;
 
 /// Rows per block of the parameter-gradient reduction. Part of the numerical result: changing
@@ -47,16 +47,16 @@ pub(crate) fn forward<A: Element>(
     x: Option<&[A]>,
     out: &mut [A],
     dim: usize,
-    affine: Affine<'_, A>,
+    params: Params<'_, A>,
     eps: A::Stat,
     stats: Option<RowStatsOut<'_, A::Stat>>,
 ) {
     #[cfg(feature = "rayon")]
     if worth_splitting(out.len()) {
         let rows_per_task = (TASK_ELEMENTS / dim).max(1);
-        return forward_split(x, out, dim, affine, eps, stats, rows_per_task);
+        return forward_split(x, out, dim, params, eps, stats, rows_per_task);
     }
-    kernels::forward_rows(x, out, dim, affine, eps, stats);
+    kernels::forward_rows(x, out, dim, params, eps, stats);
 }
 
 #[cfg(feature = "rayon")]
@@ -64,14 +64,14 @@ fn forward_split<A: Element>(
     x: Option<&[A]>,
     out: &mut [A],
     dim: usize,
-    affine: Affine<'_, A>,
+    params: Params<'_, A>,
     eps: A::Stat,
     stats: Option<RowStatsOut<'_, A::Stat>>,
     rows_per_task: usize,
 ) {
     let rows = out.len() / dim;
     if rows <= rows_per_task {
-        return kernels::forward_rows(x, out, dim, affine, eps, stats);
+        return kernels::forward_rows(x, out, dim, params, eps, stats);
     }
     let half = rows / 2;
     let (x_left, x_right) = match x {
@@ -105,7 +105,7 @@ fn forward_split<A: Element>(
                 x_left,
                 out_left,
                 dim,
-                affine,
+                params,
                 eps,
                 stats_left,
                 rows_per_task,
@@ -116,7 +116,7 @@ fn forward_split<A: Element>(
                 x_right,
                 out_right,
                 dim,
-                affine,
+                params,
                 eps,
                 stats_right,
                 rows_per_task,

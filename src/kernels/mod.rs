@@ -9,20 +9,23 @@ pub(crate) mod simd;
 
 use crate::element::Element;
 
-/// The per-feature affine parameters of a layer, borrowed as slices of length `dim`.
+/// What a layer does to a row: its per-feature gain and bias (slices of length `dim`), and
+/// whether the row is centered first (LayerNorm) or only scaled by its root mean square
+/// (RmsNorm, where the "mean" of the statistics is 0 and `σ² = mean(x²)`).
 #[derive(Debug)]
-pub struct Affine<'a, A> {
+pub struct Params<'a, A> {
     pub(crate) gain: Option<&'a [A]>,
     pub(crate) bias: Option<&'a [A]>,
+    pub(crate) centered: bool,
 }
 
-impl<A> Clone for Affine<'_, A> {
+impl<A> Clone for Params<'_, A> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<A> Copy for Affine<'_, A> {}
+impl<A> Copy for Params<'_, A> {}
 
 /// Where the forward pass stores each row's statistics: one entry per row.
 #[derive(Debug)]
@@ -40,6 +43,7 @@ pub struct BackwardRows<'a, A: Element> {
     pub(crate) means: &'a [A::Stat],
     pub(crate) inv_stds: &'a [A::Stat],
     pub(crate) gain: Option<&'a [A]>,
+    pub(crate) centered: bool,
     pub(crate) eps: A::Stat,
     pub(crate) dim: usize,
 }
@@ -77,11 +81,11 @@ pub(crate) fn forward_rows<A: Element>(
     x: Option<&[A]>,
     out: &mut [A],
     dim: usize,
-    affine: Affine<'_, A>,
+    params: Params<'_, A>,
     eps: A::Stat,
     stats: Option<RowStatsOut<'_, A::Stat>>,
 ) {
-    A::forward_rows(x, out, dim, affine, eps, stats);
+    A::forward_rows(x, out, dim, params, eps, stats);
 }
 
 /// Backward pass over whole rows: writes `dx` and adds the rows' `dyᵢ · x̂ᵢ` into

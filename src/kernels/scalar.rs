@@ -10,10 +10,13 @@
 //! gᵢ = gainᵢ · dyᵢ                 dxᵢ = r · (gᵢ − mean(g) − x̂ᵢ · mean(g ⊙ x̂))
 //! dgainᵢ += dyᵢ · x̂ᵢ               dbiasᵢ += dyᵢ
 //! ```
+//!
+//! Uncentered rows (RmsNorm) take μ = 0 and drop the mean(g) term: σ² = mean(x²),
+//! dxᵢ = r · (gᵢ − x̂ᵢ · mean(g ⊙ x̂)).
 
-use super::{Affine, BackwardRows, RowStatsOut};
+use super::{Params, BackwardRows, RowStatsOut};
 use crate::element::Element;
-use num_traits::{Float, FromPrimitive, One};
+use num_traits::{Float, FromPrimitive, One, Zero};
 
 /// Below this many terms a sum is a plain loop; above, it is split in halves.
 const PAIRWISE_LEAF: usize = 16;
@@ -43,10 +46,14 @@ fn huge_row_scale<S: Float>() -> S {
 /// Mean and inverse standard deviation of one row, in two passes. A row of finite values whose
 /// sum or squares overflow (possible for f64 data beyond ~1e154) is computed scaled by
 /// [`huge_row_scale`] and the results scaled back, so it is never silently flattened.
-pub(crate) fn row_stats<A: Element>(row: &[A], eps: A::Stat) -> (A::Stat, A::Stat) {
+pub(crate) fn row_stats<A: Element>(row: &[A], eps: A::Stat, centered: bool) -> (A::Stat, A::Stat) {
     let n = len_as::<A::Stat>(row.len());
     let stats_scaled = |scale: A::Stat| {
-        let mean = pairwise_sum(0, row.len(), &|i| row[i].to_stat() * scale) / n;
+        let mean = if centered {
+            pairwise_sum(0, row.len(), &|i| row[i].to_stat() * scale) / n
+        } else {
+            A::Stat::zero()
+        };
         let variance = pairwise_sum(0, row.len(), &|i| {
             let deviation = row[i].to_stat() * scale - mean;
             deviation * deviation
@@ -83,15 +90,15 @@ fn normalize_row<A: Element>(
     out: &mut [A],
     mean: A::Stat,
     inv_std: A::Stat,
-    affine: Affine<'_, A>,
+    params: Params<'_, A>,
 ) {
     for i in 0..out.len() {
         let value = x.map_or(out[i], |x| x[i]);
         let mut y = normalized(value.to_stat(), mean, inv_std);
-        if let Some(gain) = affine.gain {
+        if let Some(gain) = params.gain {
             y = y * gain[i].to_stat();
         }
-        if let Some(bias) = affine.bias {
+        if let Some(bias) = params.bias {
             y = y + bias[i].to_stat();
         }
         out[i] = A::from_stat(y);
@@ -104,18 +111,18 @@ pub(crate) fn forward_rows<A: Element>(
     x: Option<&[A]>,
     out: &mut [A],
     dim: usize,
-    affine: Affine<'_, A>,
+    params: Params<'_, A>,
     eps: A::Stat,
     mut stats: Option<RowStatsOut<'_, A::Stat>>,
 ) {
     for (row_index, out_row) in out.chunks_exact_mut(dim).enumerate() {
         let x_row = x.map(|x| &x[row_index * dim..(row_index + 1) * dim]);
-        let (mean, inv_std) = row_stats(x_row.unwrap_or(out_row), eps);
+        let (mean, inv_std) = row_stats(x_row.unwrap_or(out_row), eps, params.centered);
         if let Some(stats) = stats.as_mut() {
             stats.mean[row_index] = mean;
             stats.inv_std[row_index] = inv_std;
         }
-        normalize_row(x_row, out_row, mean, inv_std, affine);
+        normalize_row(x_row, out_row, mean, inv_std, params);
     }
 }
 
@@ -138,7 +145,11 @@ pub(crate) fn backward_rows<A: Element>(
             Some(gain) => gain[i].to_stat() * dy_row[i].to_stat(),
             None => dy_row[i].to_stat(),
         };
-        let mean_g = pairwise_sum(0, dim, &g) / n;
+        let mean_g = if rows.centered {
+            pairwise_sum(0, dim, &g) / n
+        } else {
+            A::Stat::zero()
+        };
         let mean_g_x_hat = pairwise_sum(0, dim, &|i| g(i) * x_hat(i)) / n;
         for (i, dx) in dx_row.iter_mut().enumerate() {
             *dx = A::from_stat(inv_std * (g(i) - mean_g - x_hat(i) * mean_g_x_hat));

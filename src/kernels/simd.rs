@@ -19,7 +19,7 @@
 //! specification, which works in f64 for f32 data; rows with NaN or ±Inf take that path too.
 //! Parameter gradients are summed over a few rows in the data type and folded into f64.
 
-use super::{scalar, Affine, BackwardRows, RowStatsOut};
+use super::{scalar, Params, BackwardRows, RowStatsOut};
 use crate::element::Element;
 use bytemuck::Pod;
 use pulp::{Simd, WithSimd};
@@ -295,8 +295,12 @@ impl<V: Copy> Normalizer<V> {
 /// The first estimate of a row's mean: the mean of its first few vectors (of its first values
 /// when it is short). It is within a fraction of σ of the mean for most rows; a worse one is
 /// replaced by the refined mean (see [`finish_stats`]).
+/// Uncentered rows (RmsNorm) are summed around 0.
 #[inline(always)]
-fn first_shift<T: SimdFloat, S: Simd>(simd: S, row: &[T]) -> T {
+fn first_shift<T: SimdFloat, S: Simd>(simd: S, row: &[T], centered: bool) -> T {
+    if !centered {
+        return T::zero();
+    }
     let (head, _) = T::split::<S>(row);
     match head.first_chunk::<ACCUMULATORS>() {
         Some(&first) => {
@@ -331,7 +335,7 @@ enum StatsStep<T> {
 }
 
 /// Mean and inverse standard deviation from the sums of a row's deviations from `shift`:
-/// `μ = shift + S₁/n`, `σ² = S₂/n − (S₁/n)²`.
+/// `μ = shift + S₁/n`, `σ² = S₂/n − (S₁/n)²`; uncentered (shift 0): `μ = 0`, `σ² = S₂/n`.
 #[inline(always)]
 fn finish_stats<T: SimdFloat>(
     shift: T,
@@ -339,8 +343,9 @@ fn finish_stats<T: SimdFloat>(
     sum_of_squares: f64,
     n: f64,
     eps: f64,
+    centered: bool,
 ) -> StatsStep<T> {
-    let correction = sum / n;
+    let correction = if centered { sum / n } else { 0.0 };
     let variance = sum_of_squares / n - correction * correction;
     let reliable = sum_of_squares.is_finite()
         && (sum_of_squares >= T::TINY_SUM_OF_SQUARES || eps >= T::EPS_DWARFING_TINY);
@@ -367,6 +372,7 @@ fn row_stats_from<T: SimdFloat, S: Simd>(
     row: &[T],
     mut shift: T,
     eps: f64,
+    centered: bool,
 ) -> Option<RowStats<T>> {
     let n = row.len() as f64;
     let (head, tail) = T::split::<S>(row);
@@ -380,7 +386,7 @@ fn row_stats_from<T: SimdFloat, S: Simd>(
             (deviation, deviation, deviation)
         });
         let (tail_sum, tail_squares) = shifted_tail_sums(tail, shift);
-        match finish_stats(shift, sum + tail_sum, sum_of_squares + tail_squares, n, eps) {
+        match finish_stats(shift, sum + tail_sum, sum_of_squares + tail_squares, n, eps, centered) {
             StatsStep::Done(stats) => return Some(stats),
             StatsStep::Refine(better) => shift = better,
             StatsStep::Fallback => return None,
@@ -399,13 +405,13 @@ fn normalize_row_and_sum_next<T: SimdFloat, S: Simd>(
     x: Option<&[T]>,
     out: &mut [T],
     stats: RowStats<T>,
-    affine: Affine<'_, T>,
+    params: Params<'_, T>,
     next: &[T],
     next_shift: T,
 ) -> (f64, f64) {
     let normalizer = Normalizer::new::<T, S>(simd, &stats);
-    let (gain_head, gain_tail) = affine.gain.map(T::split::<S>).unzip();
-    let (bias_head, bias_tail) = affine.bias.map(T::split::<S>).unzip();
+    let (gain_head, gain_tail) = params.gain.map(T::split::<S>).unzip();
+    let (bias_head, bias_tail) = params.bias.map(T::split::<S>).unzip();
     let (x_head, x_tail) = x.map(T::split::<S>).unzip();
     let (next_head, next_tail) = T::split::<S>(next);
     let (out_head, out_tail) = T::split_mut::<S>(out);
@@ -477,11 +483,11 @@ fn normalize_row<T: SimdFloat, S: Simd>(
     x: Option<&[T]>,
     out: &mut [T],
     stats: RowStats<T>,
-    affine: Affine<'_, T>,
+    params: Params<'_, T>,
 ) {
     let normalizer = Normalizer::new::<T, S>(simd, &stats);
-    let (gain_head, gain_tail) = affine.gain.map(T::split::<S>).unzip();
-    let (bias_head, bias_tail) = affine.bias.map(T::split::<S>).unzip();
+    let (gain_head, gain_tail) = params.gain.map(T::split::<S>).unzip();
+    let (bias_head, bias_tail) = params.bias.map(T::split::<S>).unzip();
     let (x_head, x_tail) = x.map(T::split::<S>).unzip();
     let (out_head, out_tail) = T::split_mut::<S>(out);
     // Slices of one known length, so that indexing them in the loops needs no bounds checks.
@@ -523,11 +529,13 @@ struct GradRow<'a, T: SimdFloat, S: Simd> {
     x_tail: &'a [T],
     dy_tail: &'a [T],
     stats: RowStats<T>,
+    /// False for RmsNorm rows: no mean(g) term.
+    centered: bool,
 }
 
 impl<'a, T: SimdFloat, S: Simd> GradRow<'a, T, S> {
     #[inline(always)]
-    fn new(x: &'a [T], dy: &'a [T], stats: RowStats<T>) -> Self {
+    fn new(x: &'a [T], dy: &'a [T], stats: RowStats<T>, centered: bool) -> Self {
         let (x, x_tail) = T::split::<S>(x);
         let (dy, dy_tail) = T::split::<S>(dy);
         GradRow {
@@ -536,6 +544,7 @@ impl<'a, T: SimdFloat, S: Simd> GradRow<'a, T, S> {
             x_tail,
             dy_tail,
             stats,
+            centered,
         }
     }
 }
@@ -597,7 +606,7 @@ impl<V: Copy> InputGrad<V> {
         // Σ g·x̂ = r · (Σ g·(x − hi) − lo · Σ g) over the full vectors.
         let vector_g_x_hat =
             stats.inv_std * (sums.sum_g_deviation - stats.lo.to_stat() * sums.sum_g);
-        let mean_g = (sums.sum_g + tail_g) / n;
+        let mean_g = if row.centered { (sums.sum_g + tail_g) / n } else { 0.0 };
         let mean_g_x_hat = (vector_g_x_hat + tail_g_x_hat) / n;
         InputGrad {
             normalizer: Normalizer::new::<T, S>(simd, &stats),
@@ -801,7 +810,7 @@ struct Forward<'a, T> {
     x: Option<&'a [T]>,
     out: &'a mut [T],
     dim: usize,
-    affine: Affine<'a, T>,
+    params: Params<'a, T>,
     eps: f64,
     stats: Option<RowStatsOut<'a, f64>>,
 }
@@ -815,12 +824,12 @@ impl<T: SimdFloat> WithSimd for Forward<'_, T> {
             x,
             out,
             dim,
-            affine,
+            params,
             eps,
             mut stats,
         } = self;
         if S::IS_SCALAR {
-            return scalar::forward_rows(x, out, dim, affine, eps, stats);
+            return scalar::forward_rows(x, out, dim, params, eps, stats);
         }
         let rows = out.len() / dim;
         if dim * size_of::<T>() <= SHORT_ROW_BYTES {
@@ -836,8 +845,9 @@ impl<T: SimdFloat> WithSimd for Forward<'_, T> {
                     *slot = row_stats_from::<T, S>(
                         simd,
                         values,
-                        first_shift::<T, S>(simd, values),
+                        first_shift::<T, S>(simd, values, params.centered),
                         eps,
+                        params.centered,
                     );
                 }
                 for (offset, row_stats) in block_stats[..count].iter().enumerate() {
@@ -846,7 +856,7 @@ impl<T: SimdFloat> WithSimd for Forward<'_, T> {
                     let x_row = x.map(|x| &x[range.clone()]);
                     let out_row = &mut out[range];
                     write_row::<T, S>(
-                        simd, x_row, out_row, *row_stats, affine, eps, &mut stats, row,
+                        simd, x_row, out_row, *row_stats, params, eps, &mut stats, row,
                     );
                 }
             }
@@ -867,7 +877,7 @@ impl<T: SimdFloat> WithSimd for Forward<'_, T> {
                 Some(row_stats) => row_stats,
                 None => {
                     let values = x_row.unwrap_or(out_row);
-                    row_stats_from::<T, S>(simd, values, first_shift::<T, S>(simd, values), eps)
+                    row_stats_from::<T, S>(simd, values, first_shift::<T, S>(simd, values, params.centered), eps, params.centered)
                 }
             };
             let next: Option<&[T]> = match x {
@@ -876,14 +886,14 @@ impl<T: SimdFloat> WithSimd for Forward<'_, T> {
             };
             let (Some(current_stats), Some(next)) = (row_stats, next) else {
                 write_row::<T, S>(
-                    simd, x_row, out_row, row_stats, affine, eps, &mut stats, row,
+                    simd, x_row, out_row, row_stats, params, eps, &mut stats, row,
                 );
                 continue;
             };
-            let shift = first_shift::<T, S>(simd, next);
+            let shift = first_shift::<T, S>(simd, next, params.centered);
             if !shift.is_finite() {
                 write_row::<T, S>(
-                    simd, x_row, out_row, row_stats, affine, eps, &mut stats, row,
+                    simd, x_row, out_row, row_stats, params, eps, &mut stats, row,
                 );
                 continue;
             }
@@ -893,13 +903,15 @@ impl<T: SimdFloat> WithSimd for Forward<'_, T> {
                 x_row,
                 out_row,
                 current_stats,
-                affine,
+                params,
                 next,
                 shift,
             );
-            pending = Some(match finish_stats(shift, sum, sum_of_squares, n, eps) {
+            pending = Some(match finish_stats(shift, sum, sum_of_squares, n, eps, params.centered) {
                 StatsStep::Done(next_stats) => Some(next_stats),
-                StatsStep::Refine(better) => row_stats_from::<T, S>(simd, next, better, eps),
+                StatsStep::Refine(better) => {
+                    row_stats_from::<T, S>(simd, next, better, eps, params.centered)
+                }
                 StatsStep::Fallback => None,
             });
         }
@@ -927,7 +939,7 @@ fn write_row<T: SimdFloat, S: Simd>(
     x_row: Option<&[T]>,
     out_row: &mut [T],
     row_stats: Option<RowStats<T>>,
-    affine: Affine<'_, T>,
+    params: Params<'_, T>,
     eps: f64,
     stats: &mut Option<RowStatsOut<'_, f64>>,
     row: usize,
@@ -935,7 +947,7 @@ fn write_row<T: SimdFloat, S: Simd>(
     match row_stats {
         Some(row_stats) => {
             record_stats(stats, row, row_stats);
-            normalize_row::<T, S>(simd, x_row, out_row, row_stats, affine);
+            normalize_row::<T, S>(simd, x_row, out_row, row_stats, params);
         }
         None => {
             let row_stats_out = stats.as_mut().map(|stats| RowStatsOut {
@@ -943,7 +955,7 @@ fn write_row<T: SimdFloat, S: Simd>(
                 inv_std: &mut stats.inv_std[row..row + 1],
             });
             let dim = out_row.len();
-            scalar::forward_rows(x_row, out_row, dim, affine, eps, row_stats_out);
+            scalar::forward_rows(x_row, out_row, dim, params, eps, row_stats_out);
         }
     }
 }
@@ -954,11 +966,11 @@ pub(crate) fn forward_rows<T: SimdFloat>(
     x: Option<&[T]>,
     out: &mut [T],
     dim: usize,
-    affine: Affine<'_, T>,
+    params: Params<'_, T>,
     eps: f64,
     stats: Option<RowStatsOut<'_, f64>>,
 ) {
-    forward_rows_on(pulp::Arch::new(), x, out, dim, affine, eps, stats);
+    forward_rows_on(pulp::Arch::new(), x, out, dim, params, eps, stats);
 }
 
 /// `forward_rows` on the given instruction set.
@@ -967,7 +979,7 @@ pub(crate) fn forward_rows_on<T: SimdFloat>(
     x: Option<&[T]>,
     out: &mut [T],
     dim: usize,
-    affine: Affine<'_, T>,
+    params: Params<'_, T>,
     eps: f64,
     stats: Option<RowStatsOut<'_, f64>>,
 ) {
@@ -975,7 +987,7 @@ pub(crate) fn forward_rows_on<T: SimdFloat>(
         x,
         out,
         dim,
-        affine,
+        params,
         eps,
         stats,
     });
@@ -1058,6 +1070,7 @@ fn backward_all<
                 &rows.x[range.clone()],
                 &rows.dy[range],
                 RowStats::from_f64(*mean, inv_std),
+                rows.centered,
             )
         })
     };

@@ -9,7 +9,7 @@
 //! the allowance grows with the row's offset.
 
 use super::simd::{backward_rows_on, forward_rows_on, SimdFloat};
-use super::{scalar, Affine, BackwardRows, RowStatsOut};
+use super::{scalar, Params, BackwardRows, RowStatsOut};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -85,19 +85,26 @@ fn check_type<T: SimdFloat>(ulps_at_zero_offset: f64, offsets: &[f64]) {
                     let data = data::<T>(&mut rng, len, dim, mean_offset);
                     let x = &data.x[start..];
                     let dy = &data.dy[start..];
-                    for (gain, bias) in [
-                        (Some(&data.gain[..]), Some(&data.bias[..])),
-                        (Some(&data.gain[..]), None),
-                        (None, None),
+                    // LayerNorm (centered) with every parameter combination; RmsNorm with gain.
+                    for (gain, bias, centered) in [
+                        (Some(&data.gain[..]), Some(&data.bias[..]), true),
+                        (Some(&data.gain[..]), None, true),
+                        (None, None, true),
+                        (Some(&data.gain[..]), None, false),
+                        (None, Some(&data.bias[..]), false),
                     ] {
-                        let affine = Affine { gain, bias };
+                        let params = Params {
+                            gain,
+                            bias,
+                            centered,
+                        };
                         let context = format!(
-                            "{name} dim {dim} start {start} offset {mean_offset} gain {} bias {}",
+                            "{name} dim {dim} start {start} offset {mean_offset} gain {} bias {} centered {centered}",
                             gain.is_some(),
                             bias.is_some()
                         );
-                        check_forward(arch, x, dim, affine, ulps, &context);
-                        check_backward(arch, x, dy, dim, gain, ulps, &context);
+                        check_forward(arch, x, dim, params, ulps, &context);
+                        check_backward(arch, x, dy, dim, params, ulps, &context);
                     }
                 }
             }
@@ -109,7 +116,7 @@ fn check_forward<T: SimdFloat>(
     arch: pulp::Arch,
     x: &[T],
     dim: usize,
-    affine: Affine<'_, T>,
+    params: Params<'_, T>,
     ulps: f64,
     context: &str,
 ) {
@@ -121,7 +128,7 @@ fn check_forward<T: SimdFloat>(
         Some(x),
         &mut spec,
         dim,
-        affine,
+        params,
         eps,
         Some(RowStatsOut {
             mean: &mut spec_mean,
@@ -135,7 +142,7 @@ fn check_forward<T: SimdFloat>(
         Some(x),
         &mut fast,
         dim,
-        affine,
+        params,
         eps,
         Some(RowStatsOut {
             mean: &mut mean,
@@ -155,7 +162,7 @@ fn check_forward<T: SimdFloat>(
             let max_x_hat = x_row.iter().fold(0.0f64, |m, v| {
                 m.max(((v.to_stat() - spec_mean[row]) * spec_inv_std[row]).abs())
             });
-            magnitude(affine.gain) * max_x_hat + affine.bias.map_or(0.0, |b| magnitude(Some(b)))
+            magnitude(params.gain) * max_x_hat + params.bias.map_or(0.0, |b| magnitude(Some(b)))
         })
         .collect();
     assert_rows_close(&format!("y {context}"), &fast, &spec, &y_scales, ulps);
@@ -171,7 +178,7 @@ fn check_forward<T: SimdFloat>(
         );
     }
     let mut in_place = x.to_vec();
-    forward_rows_on(arch, None, &mut in_place, dim, affine, eps, None);
+    forward_rows_on(arch, None, &mut in_place, dim, params, eps, None);
     assert!(
         in_place == fast,
         "in place differs from out of place: {context}"
@@ -183,10 +190,11 @@ fn check_backward<T: SimdFloat>(
     x: &[T],
     dy: &[T],
     dim: usize,
-    gain: Option<&[T]>,
+    params: Params<'_, T>,
     ulps: f64,
     context: &str,
 ) {
+    let (gain, centered) = (params.gain, params.centered);
     let eps = 1e-5;
     let rows = x.len() / dim;
     let (mut means, mut inv_stds) = (vec![0.0; rows], vec![0.0; rows]);
@@ -199,7 +207,7 @@ fn check_backward<T: SimdFloat>(
         Some(x),
         &mut y,
         dim,
-        Affine { gain, bias: None },
+        params,
         eps,
         stats,
     );
@@ -209,6 +217,7 @@ fn check_backward<T: SimdFloat>(
         means: &means,
         inv_stds: &inv_stds,
         gain,
+        centered,
         eps,
         dim,
     };
@@ -314,17 +323,18 @@ fn mixed_rows(dim: usize) -> (Vec<f32>, Vec<bool>) {
 fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
     for dim in [37, 300, 1000] {
         let (x, falls_back) = mixed_rows(dim);
-        let affine = Affine {
+        let params = Params {
             gain: None,
             bias: None,
+            centered: true,
         };
         let mut spec = vec![0.0f32; x.len()];
-        scalar::forward_rows(Some(&x), &mut spec, dim, affine, 0.0, None);
+        scalar::forward_rows(Some(&x), &mut spec, dim, params, 0.0, None);
         for (name, arch) in instruction_sets() {
             let mut fast = vec![0.0f32; x.len()];
-            forward_rows_on(arch, Some(&x), &mut fast, dim, affine, 0.0, None);
+            forward_rows_on(arch, Some(&x), &mut fast, dim, params, 0.0, None);
             let mut in_place = x.clone();
-            forward_rows_on(arch, None, &mut in_place, dim, affine, 0.0, None);
+            forward_rows_on(arch, None, &mut in_place, dim, params, 0.0, None);
             let same_bits =
                 |a: &f32, b: &f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
             assert!(
