@@ -1,6 +1,6 @@
 //! The element types a layer can hold, and the type its statistics are computed in.
 
-use crate::kernels::{simd, Params, BackwardRows, RowStatsOut};
+use crate::kernels::{simd, BackwardRows, Params, RowStatsOut};
 use num_traits::{Float, FromPrimitive};
 use std::fmt::{Debug, Display};
 

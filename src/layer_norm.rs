@@ -1,15 +1,10 @@
 //! `LayerNorm`: parameters, validation, and the orchestration of forward and backward.
 
+use crate::core::NormCore;
 use crate::element::Element;
 use crate::error::NormError;
-use crate::kernels::{Params, BackwardRows, RowStatsOut};
-use crate::rows::{self, GradTotals};
 use crate::stats::NormStats;
 use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
-use num_traits::{FromPrimitive, One, Zero};
-
-/// The default `eps`, as in PyTorch, ONNX and candle.
-pub const DEFAULT_EPS: f64 = 1e-5;
 
 /// Layer normalization over the last axis, with optional per-feature gain and bias.
 ///
@@ -69,10 +64,7 @@ pub const DEFAULT_EPS: f64 = 1e-5;
 /// on constant rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerNorm<A: Element> {
-    dim: usize,
-    gain: Option<Array1<A>>,
-    bias: Option<Array1<A>>,
-    eps: f64,
+    core: NormCore<A>,
 }
 
 /// Gradients returned by [`LayerNorm::backward`].
@@ -89,69 +81,6 @@ pub struct LayerNormGrads<A, D: Dimension> {
     /// `∂L/∂bias`, one value per feature: `Σ_rows dyᵢ`.
     #[doc(alias = "beta")]
     pub bias: Option<Array1<A>>,
-}
-
-fn validate_eps(eps: f64) -> Result<f64, NormError> {
-    if eps.is_finite() && eps >= 0.0 {
-        Ok(eps)
-    } else {
-        Err(NormError::InvalidEps { eps })
-    }
-}
-
-fn validate_dim(dim: usize) -> Result<usize, NormError> {
-    if dim == 0 {
-        Err(NormError::ZeroDim)
-    } else {
-        Ok(dim)
-    }
-}
-
-/// `Err(ShapeMismatch)` unless `found == expected`.
-fn expect_shape(
-    argument: &'static str,
-    expected: &[usize],
-    found: &[usize],
-) -> Result<(), NormError> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(NormError::ShapeMismatch {
-            argument,
-            expected: expected.to_vec(),
-            found: found.to_vec(),
-        })
-    }
-}
-
-/// The shape of a batch's statistics: the input's shape without its last axis.
-/// Callers have checked that the input has at least one axis.
-fn stats_dim<D: Dimension>(input_dim: &D) -> D::Smaller {
-    let leading = &input_dim.slice()[..input_dim.ndim() - 1];
-    let mut dim = D::Smaller::zeros(leading.len());
-    dim.slice_mut().copy_from_slice(leading);
-    dim
-}
-
-/// Runs `fill` on a standard-layout slice of `out`: `out`'s own memory when it is in standard
-/// layout, otherwise a temporary buffer copied into `out` afterwards.
-fn write_standard<A: Element, D: Dimension>(out: &mut ArrayRef<A, D>, fill: impl FnOnce(&mut [A])) {
-    if let Some(slice) = out.as_slice_mut() {
-        fill(slice);
-        return;
-    }
-    let mut buffer = vec![A::from_stat(A::Stat::zero()); out.len()];
-    fill(&mut buffer);
-    let view = ndarray::ArrayView::from_shape(out.raw_dim(), &buffer)
-        .expect("buffer has exactly out.len() elements");
-    out.assign(&view);
-}
-
-/// A standard-layout array of `dim` whose elements `fill` writes.
-fn new_standard<A: Element, D: Dimension>(dim: D, fill: impl FnOnce(&mut [A])) -> Array<A, D> {
-    let mut buffer = vec![A::from_stat(A::Stat::zero()); dim.size()];
-    fill(&mut buffer);
-    Array::from_shape_vec(dim, buffer).expect("buffer has exactly dim.size() elements")
 }
 
 impl<A: Element> LayerNorm<A> {
@@ -172,12 +101,8 @@ impl<A: Element> LayerNorm<A> {
     /// # }
     /// ```
     pub fn new(dim: usize) -> Result<Self, NormError> {
-        let dim = validate_dim(dim)?;
         Ok(LayerNorm {
-            dim,
-            gain: Some(Array1::from_elem(dim, A::from_stat(A::Stat::one()))),
-            bias: Some(Array1::from_elem(dim, A::from_stat(A::Stat::zero()))),
-            eps: DEFAULT_EPS,
+            core: NormCore::new(dim, true, true, true)?,
         })
     }
 
@@ -194,9 +119,9 @@ impl<A: Element> LayerNorm<A> {
     /// # }
     /// ```
     pub fn new_without_bias(dim: usize) -> Result<Self, NormError> {
-        let mut layer = Self::new(dim)?;
-        layer.bias = None;
-        Ok(layer)
+        Ok(LayerNorm {
+            core: NormCore::new(dim, true, false, true)?,
+        })
     }
 
     /// A layer over `dim` features with neither gain nor bias: `y = (x − μ) · r`
@@ -213,12 +138,8 @@ impl<A: Element> LayerNorm<A> {
     /// # }
     /// ```
     pub fn new_without_affine(dim: usize) -> Result<Self, NormError> {
-        let dim = validate_dim(dim)?;
         Ok(LayerNorm {
-            dim,
-            gain: None,
-            bias: None,
-            eps: DEFAULT_EPS,
+            core: NormCore::without_affine(dim, true)?,
         })
     }
 
@@ -239,13 +160,8 @@ impl<A: Element> LayerNorm<A> {
     /// # }
     /// ```
     pub fn from_params(gain: Array1<A>, bias: Array1<A>, eps: f64) -> Result<Self, NormError> {
-        let dim = validate_dim(gain.len())?;
-        expect_shape("bias", &[dim], bias.shape())?;
         Ok(LayerNorm {
-            dim,
-            gain: Some(gain),
-            bias: Some(bias),
-            eps: validate_eps(eps)?,
+            core: NormCore::from_params(Some(gain), Some(bias), eps, true)?,
         })
     }
 
@@ -264,12 +180,8 @@ impl<A: Element> LayerNorm<A> {
     /// # }
     /// ```
     pub fn from_gain(gain: Array1<A>, eps: f64) -> Result<Self, NormError> {
-        let dim = validate_dim(gain.len())?;
         Ok(LayerNorm {
-            dim,
-            gain: Some(gain),
-            bias: None,
-            eps: validate_eps(eps)?,
+            core: NormCore::from_params(Some(gain), None, eps, true)?,
         })
     }
 
@@ -305,31 +217,30 @@ impl<A: Element> LayerNorm<A> {
     /// # }
     /// ```
     pub fn set_eps(&mut self, eps: f64) -> Result<(), NormError> {
-        self.eps = validate_eps(eps)?;
-        Ok(())
+        self.core.set_eps(eps)
     }
 
     /// Number of features normalized: the required length of the input's last axis.
     pub fn dim(&self) -> usize {
-        self.dim
+        self.core.dim()
     }
 
     /// The ε added to the variance inside the square root.
     pub fn eps(&self) -> f64 {
-        self.eps
+        self.core.eps()
     }
 
     /// The per-feature gain, `None` for a layer without one.
     #[doc(alias = "weight")]
     #[doc(alias = "gamma")]
     pub fn gain(&self) -> Option<ArrayView1<'_, A>> {
-        self.gain.as_ref().map(|gain| gain.view())
+        self.core.gain()
     }
 
     /// The per-feature bias, `None` for a layer without one.
     #[doc(alias = "beta")]
     pub fn bias(&self) -> Option<ArrayView1<'_, A>> {
-        self.bias.as_ref().map(|bias| bias.view())
+        self.core.bias()
     }
 
     /// Mutable access to the gain, for an optimizer step. Its length cannot change.
@@ -346,12 +257,12 @@ impl<A: Element> LayerNorm<A> {
     /// ```
     #[doc(alias = "weight_mut")]
     pub fn gain_mut(&mut self) -> Option<ArrayViewMut1<'_, A>> {
-        self.gain.as_mut().map(|gain| gain.view_mut())
+        self.core.gain_mut()
     }
 
     /// Mutable access to the bias, for an optimizer step. Its length cannot change.
     pub fn bias_mut(&mut self) -> Option<ArrayViewMut1<'_, A>> {
-        self.bias.as_mut().map(|bias| bias.view_mut())
+        self.core.bias_mut()
     }
 
     /// Mutable access to gain and bias at once, `(gain, bias)`: for an optimizer that updates
@@ -373,45 +284,12 @@ impl<A: Element> LayerNorm<A> {
     pub fn parameters_mut(
         &mut self,
     ) -> (Option<ArrayViewMut1<'_, A>>, Option<ArrayViewMut1<'_, A>>) {
-        (
-            self.gain.as_mut().map(|gain| gain.view_mut()),
-            self.bias.as_mut().map(|bias| bias.view_mut()),
-        )
+        self.core.parameters_mut()
     }
 
     /// Consumes the layer, returning `(gain, bias, eps)`.
     pub fn into_params(self) -> (Option<Array1<A>>, Option<Array1<A>>, f64) {
-        (self.gain, self.bias, self.eps)
-    }
-
-    fn params(&self) -> Params<'_, A> {
-        Params {
-            gain: self.gain.as_ref().map(as_slice_1d),
-            bias: self.bias.as_ref().map(as_slice_1d),
-            centered: true,
-        }
-    }
-
-    fn eps_stat(&self) -> A::Stat {
-        A::Stat::from_f64(self.eps).expect("a finite eps converts to the statistics type")
-    }
-
-    /// Checks that `x` has a last axis of length `dim`.
-    fn check_input<D: Dimension>(
-        &self,
-        argument: &'static str,
-        x: &ArrayRef<A, D>,
-    ) -> Result<(), NormError> {
-        let shape = x.shape();
-        match shape.last() {
-            None => Err(NormError::NoFeatureAxis { argument }),
-            Some(&last) if last == self.dim => Ok(()),
-            Some(_) => {
-                let mut expected = shape.to_vec();
-                *expected.last_mut().expect("shape is not empty") = self.dim;
-                expect_shape(argument, &expected, shape)
-            }
-        }
+        self.core.into_params()
     }
 
     /// Normalizes `x` over its last axis, returning a new array shaped like `x`.
@@ -432,19 +310,7 @@ impl<A: Element> LayerNorm<A> {
     /// # }
     /// ```
     pub fn forward<D: Dimension>(&self, x: &ArrayRef<A, D>) -> Result<Array<A, D>, NormError> {
-        self.check_input("x", x)?;
-        let x = x.as_standard_layout();
-        let x = as_slice_std(&x);
-        Ok(new_standard(x.dim.clone(), |out| {
-            rows::forward(
-                Some(x.data),
-                out,
-                self.dim,
-                self.params(),
-                self.eps_stat(),
-                None,
-            )
-        }))
+        self.core.forward(x)
     }
 
     /// Normalizes `x` and also returns each row's mean and inverse standard deviation, which
@@ -471,28 +337,7 @@ impl<A: Element> LayerNorm<A> {
         &self,
         x: &ArrayRef<A, D>,
     ) -> Result<(Array<A, D>, NormStats<A::Stat, D::Smaller>), NormError> {
-        self.check_input("x", x)?;
-        let stats_shape = stats_dim(&x.raw_dim());
-        let x = x.as_standard_layout();
-        let x = as_slice_std(&x);
-        let mut mean = vec![A::Stat::zero(); stats_shape.size()];
-        let mut inv_std = vec![A::Stat::zero(); stats_shape.size()];
-        let y = new_standard(x.dim.clone(), |out| {
-            rows::forward(
-                Some(x.data),
-                out,
-                self.dim,
-                self.params(),
-                self.eps_stat(),
-                Some(RowStatsOut {
-                    mean: &mut mean,
-                    inv_std: &mut inv_std,
-                }),
-            )
-        });
-        let mean = Array::from_shape_vec(stats_shape.clone(), mean).expect("one mean per row");
-        let inv_std = Array::from_shape_vec(stats_shape, inv_std).expect("one inv_std per row");
-        Ok((y, NormStats::from_parts(mean, inv_std)))
+        self.core.forward_with_stats(x)
     }
 
     /// Normalizes `x` into the caller's buffer `out` (same shape as `x`), allocating nothing
@@ -521,21 +366,7 @@ impl<A: Element> LayerNorm<A> {
         x: &ArrayRef<A, D>,
         out: &mut ArrayRef<A, D>,
     ) -> Result<(), NormError> {
-        self.check_input("x", x)?;
-        expect_shape("out", x.shape(), out.shape())?;
-        let x = x.as_standard_layout();
-        let x = as_slice_std(&x);
-        write_standard(out, |out| {
-            rows::forward(
-                Some(x.data),
-                out,
-                self.dim,
-                self.params(),
-                self.eps_stat(),
-                None,
-            )
-        });
-        Ok(())
+        self.core.forward_into(x, out)
     }
 
     /// As [`forward_into`](Self::forward_into), also writing each row's statistics into a
@@ -565,23 +396,7 @@ impl<A: Element> LayerNorm<A> {
         out: &mut ArrayRef<A, D>,
         stats: &mut NormStats<A::Stat, D::Smaller>,
     ) -> Result<(), NormError> {
-        self.check_input("x", x)?;
-        expect_shape("out", x.shape(), out.shape())?;
-        expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())?;
-        let x = x.as_standard_layout();
-        let x = as_slice_std(&x);
-        let (mean, inv_std) = stats.as_mut_slices();
-        write_standard(out, |out| {
-            rows::forward(
-                Some(x.data),
-                out,
-                self.dim,
-                self.params(),
-                self.eps_stat(),
-                Some(RowStatsOut { mean, inv_std }),
-            )
-        });
-        Ok(())
+        self.core.forward_with_stats_into(x, out, stats)
     }
 
     /// Normalizes `x` in place.
@@ -601,36 +416,7 @@ impl<A: Element> LayerNorm<A> {
     /// # }
     /// ```
     pub fn forward_inplace<D: Dimension>(&self, x: &mut ArrayRef<A, D>) -> Result<(), NormError> {
-        self.check_input("x", x)?;
-        if let Some(data) = x.as_slice_mut() {
-            rows::forward(None, data, self.dim, self.params(), self.eps_stat(), None);
-        } else {
-            let copy = x.as_standard_layout().into_owned();
-            let source = as_slice_std(&copy);
-            write_standard(x, |out| {
-                rows::forward(
-                    Some(source.data),
-                    out,
-                    self.dim,
-                    self.params(),
-                    self.eps_stat(),
-                    None,
-                )
-            });
-        }
-        Ok(())
-    }
-
-    /// Checks the shared arguments of the backward methods.
-    fn check_backward<D: Dimension>(
-        &self,
-        x: &ArrayRef<A, D>,
-        stats: &NormStats<A::Stat, D::Smaller>,
-        dy: &ArrayRef<A, D>,
-    ) -> Result<(), NormError> {
-        self.check_input("x", x)?;
-        expect_shape("dy", x.shape(), dy.shape())?;
-        expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())
+        self.core.forward_inplace(x)
     }
 
     /// Gradients of a loss `L` with respect to the input and the parameters, given the input
@@ -682,26 +468,7 @@ impl<A: Element> LayerNorm<A> {
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
     ) -> Result<LayerNormGrads<A, D>, NormError> {
-        self.check_backward(x, stats, dy)?;
-        let zero = A::from_stat(A::Stat::zero());
-        let mut gain = self
-            .gain
-            .as_ref()
-            .map(|_| Array1::from_elem(self.dim, zero));
-        let mut bias = self
-            .bias
-            .as_ref()
-            .map(|_| Array1::from_elem(self.dim, zero));
-        let mut input = Array::from_elem(x.raw_dim(), zero);
-        self.backward_into(
-            x,
-            stats,
-            dy,
-            &mut input,
-            gain.as_deref_mut(),
-            bias.as_deref_mut(),
-        )?;
-        Ok(LayerNormGrads { input, gain, bias })
+        self.core.backward(x, stats, dy)
     }
 
     /// As [`backward`](Self::backward), writing `dx` into the caller's buffer and ADDING the
@@ -745,92 +512,7 @@ impl<A: Element> LayerNorm<A> {
         gain_grad: Option<&mut ArrayRef1<A>>,
         bias_grad: Option<&mut ArrayRef1<A>>,
     ) -> Result<(), NormError> {
-        self.check_backward(x, stats, dy)?;
-        expect_shape("dx", x.shape(), dx.shape())?;
-        for (argument, parameter, grad) in [
-            ("gain_grad", self.gain.is_some(), gain_grad.as_deref()),
-            ("bias_grad", self.bias.is_some(), bias_grad.as_deref()),
-        ] {
-            if let Some(grad) = grad {
-                if !parameter {
-                    let parameter = argument.trim_end_matches("_grad");
-                    return Err(NormError::MissingParameter { parameter });
-                }
-                expect_shape(argument, &[self.dim], grad.shape())?;
-            }
-        }
-
-        let mut gain_total: Option<Vec<A::Stat>> = gain_grad.as_deref().map(widen);
-        let mut bias_total: Option<Vec<A::Stat>> = bias_grad.as_deref().map(widen);
-        let x = x.as_standard_layout();
-        let dy = dy.as_standard_layout();
-        let (means, inv_stds) = stats.as_slices();
-        let inputs = BackwardRows {
-            x: as_slice_std(&x).data,
-            dy: as_slice_std(&dy).data,
-            means,
-            inv_stds,
-            gain: self.params().gain,
-            centered: true,
-            eps: self.eps_stat(),
-            dim: self.dim,
-        };
-        write_standard(dx, |dx| {
-            rows::backward(
-                inputs,
-                dx,
-                GradTotals {
-                    gain: gain_total.as_deref_mut(),
-                    bias: bias_total.as_deref_mut(),
-                },
-            )
-        });
-        narrow_into(gain_grad, gain_total.as_deref());
-        narrow_into(bias_grad, bias_total.as_deref());
-        Ok(())
-    }
-}
-
-/// The accumulator's values in the statistics type.
-fn widen<A: Element>(values: &ArrayRef1<A>) -> Vec<A::Stat> {
-    match values.as_slice() {
-        Some(slice) => slice.iter().map(|&value| value.to_stat()).collect(),
-        None => values.iter().map(|&value| value.to_stat()).collect(),
-    }
-}
-
-/// Writes the totals back into the caller's accumulator, rounded to its type.
-fn narrow_into<A: Element>(target: Option<&mut ArrayRef1<A>>, totals: Option<&[A::Stat]>) {
-    let (Some(target), Some(totals)) = (target, totals) else {
-        return;
-    };
-    let narrow = |(slot, &total): (&mut A, &A::Stat)| *slot = A::from_stat(total);
-    match target.as_slice_mut() {
-        Some(slice) => slice.iter_mut().zip(totals).for_each(narrow),
-        None => target.iter_mut().zip(totals).for_each(narrow),
-    }
-}
-
-/// A parameter vector as a slice; parameters are built by this crate in standard layout.
-fn as_slice_1d<A>(values: &Array1<A>) -> &[A] {
-    values
-        .as_slice()
-        .expect("parameters are owned, standard-layout arrays")
-}
-
-/// A standard-layout input's data and shape.
-struct StandardInput<'a, A, D> {
-    data: &'a [A],
-    dim: D,
-}
-
-fn as_slice_std<'a, A, D: Dimension>(
-    array: &'a ndarray::ArrayBase<impl ndarray::Data<Elem = A>, D>,
-) -> StandardInput<'a, A, D> {
-    StandardInput {
-        data: array
-            .as_slice()
-            .expect("as_standard_layout returns a standard-layout array"),
-        dim: array.raw_dim(),
+        self.core
+            .backward_into(x, stats, dy, dx, gain_grad, bias_grad)
     }
 }

@@ -90,6 +90,7 @@
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod core;
 mod element;
 mod error;
 mod kernels;
@@ -97,9 +98,10 @@ mod layer_norm;
 mod rows;
 mod stats;
 
+pub use crate::core::DEFAULT_EPS;
 pub use crate::element::Element;
 pub use crate::error::NormError;
-pub use crate::layer_norm::{LayerNorm, LayerNormGrads, DEFAULT_EPS};
+pub use crate::layer_norm::{LayerNorm, LayerNormGrads};
 pub use crate::stats::NormStats;
 
 /// The README's examples, compiled and run as doctests.

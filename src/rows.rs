@@ -10,7 +10,7 @@
 //! perform the same additions in the same order and agree bit for bit.
 
 use crate::element::Element;
-use crate::kernels::{self, Params, BackwardRows, RowStatsOut};
+use crate::kernels::{self, BackwardRows, Params, RowStatsOut};
 use num_traits::Zero;
 
 /// Rows per block of the parameter-gradient reduction. Part of the numerical result: changing

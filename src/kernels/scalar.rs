@@ -14,7 +14,7 @@
 //! Uncentered rows (RmsNorm) take μ = 0 and drop the mean(g) term: σ² = mean(x²),
 //! dxᵢ = r · (gᵢ − x̂ᵢ · mean(g ⊙ x̂)).
 
-use super::{Params, BackwardRows, RowStatsOut};
+use super::{BackwardRows, Params, RowStatsOut};
 use crate::element::Element;
 use num_traits::{Float, FromPrimitive, One, Zero};
 

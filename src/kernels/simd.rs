@@ -19,7 +19,7 @@
 //! specification, which works in f64 for f32 data; rows with NaN or ±Inf take that path too.
 //! Parameter gradients are summed over a few rows in the data type and folded into f64.
 
-use super::{scalar, Params, BackwardRows, RowStatsOut};
+use super::{scalar, BackwardRows, Params, RowStatsOut};
 use crate::element::Element;
 use bytemuck::Pod;
 use pulp::{Simd, WithSimd};
@@ -386,7 +386,14 @@ fn row_stats_from<T: SimdFloat, S: Simd>(
             (deviation, deviation, deviation)
         });
         let (tail_sum, tail_squares) = shifted_tail_sums(tail, shift);
-        match finish_stats(shift, sum + tail_sum, sum_of_squares + tail_squares, n, eps, centered) {
+        match finish_stats(
+            shift,
+            sum + tail_sum,
+            sum_of_squares + tail_squares,
+            n,
+            eps,
+            centered,
+        ) {
             StatsStep::Done(stats) => return Some(stats),
             StatsStep::Refine(better) => shift = better,
             StatsStep::Fallback => return None,
@@ -606,7 +613,11 @@ impl<V: Copy> InputGrad<V> {
         // Σ g·x̂ = r · (Σ g·(x − hi) − lo · Σ g) over the full vectors.
         let vector_g_x_hat =
             stats.inv_std * (sums.sum_g_deviation - stats.lo.to_stat() * sums.sum_g);
-        let mean_g = if row.centered { (sums.sum_g + tail_g) / n } else { 0.0 };
+        let mean_g = if row.centered {
+            (sums.sum_g + tail_g) / n
+        } else {
+            0.0
+        };
         let mean_g_x_hat = (vector_g_x_hat + tail_g_x_hat) / n;
         InputGrad {
             normalizer: Normalizer::new::<T, S>(simd, &stats),
@@ -877,7 +888,13 @@ impl<T: SimdFloat> WithSimd for Forward<'_, T> {
                 Some(row_stats) => row_stats,
                 None => {
                     let values = x_row.unwrap_or(out_row);
-                    row_stats_from::<T, S>(simd, values, first_shift::<T, S>(simd, values, params.centered), eps, params.centered)
+                    row_stats_from::<T, S>(
+                        simd,
+                        values,
+                        first_shift::<T, S>(simd, values, params.centered),
+                        eps,
+                        params.centered,
+                    )
                 }
             };
             let next: Option<&[T]> = match x {
@@ -907,13 +924,15 @@ impl<T: SimdFloat> WithSimd for Forward<'_, T> {
                 next,
                 shift,
             );
-            pending = Some(match finish_stats(shift, sum, sum_of_squares, n, eps, params.centered) {
-                StatsStep::Done(next_stats) => Some(next_stats),
-                StatsStep::Refine(better) => {
-                    row_stats_from::<T, S>(simd, next, better, eps, params.centered)
-                }
-                StatsStep::Fallback => None,
-            });
+            pending = Some(
+                match finish_stats(shift, sum, sum_of_squares, n, eps, params.centered) {
+                    StatsStep::Done(next_stats) => Some(next_stats),
+                    StatsStep::Refine(better) => {
+                        row_stats_from::<T, S>(simd, next, better, eps, params.centered)
+                    }
+                    StatsStep::Fallback => None,
+                },
+            );
         }
     }
 }

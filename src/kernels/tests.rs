@@ -9,7 +9,7 @@
 //! the allowance grows with the row's offset.
 
 use super::simd::{backward_rows_on, forward_rows_on, SimdFloat};
-use super::{scalar, Params, BackwardRows, RowStatsOut};
+use super::{scalar, BackwardRows, Params, RowStatsOut};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -203,14 +203,7 @@ fn check_backward<T: SimdFloat>(
         mean: &mut means,
         inv_std: &mut inv_stds,
     });
-    scalar::forward_rows(
-        Some(x),
-        &mut y,
-        dim,
-        params,
-        eps,
-        stats,
-    );
+    scalar::forward_rows(Some(x), &mut y, dim, params, eps, stats);
     let backward_rows = BackwardRows {
         x,
         dy,

@@ -1,0 +1,463 @@
+//! The machinery [`LayerNorm`](crate::LayerNorm) and [`RmsNorm`](crate::RmsNorm) share:
+//! parameters, validation, array layouts and the calls into the row drivers. The public types
+//! wrap it, choose whether rows are centered, and carry the documentation.
+
+use crate::element::Element;
+use crate::error::NormError;
+use crate::kernels::{BackwardRows, Params, RowStatsOut};
+use crate::layer_norm::LayerNormGrads;
+use crate::rows::{self, GradTotals};
+use crate::stats::NormStats;
+use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
+use num_traits::{FromPrimitive, One, Zero};
+
+/// The default `eps`, as in PyTorch, ONNX and candle.
+pub const DEFAULT_EPS: f64 = 1e-5;
+
+/// Parameters and kind of a normalization layer; see the public types for what each does.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NormCore<A: Element> {
+    dim: usize,
+    gain: Option<Array1<A>>,
+    bias: Option<Array1<A>>,
+    eps: f64,
+    /// LayerNorm subtracts the row mean; RmsNorm does not.
+    centered: bool,
+}
+
+fn validate_eps(eps: f64) -> Result<f64, NormError> {
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(eps)
+    } else {
+        Err(NormError::InvalidEps { eps })
+    }
+}
+
+fn validate_dim(dim: usize) -> Result<usize, NormError> {
+    if dim == 0 {
+        Err(NormError::ZeroDim)
+    } else {
+        Ok(dim)
+    }
+}
+
+/// `Err(ShapeMismatch)` unless `found == expected`.
+fn expect_shape(
+    argument: &'static str,
+    expected: &[usize],
+    found: &[usize],
+) -> Result<(), NormError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(NormError::ShapeMismatch {
+            argument,
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        })
+    }
+}
+
+/// The shape of a batch's statistics: the input's shape without its last axis.
+/// Callers have checked that the input has at least one axis.
+fn stats_dim<D: Dimension>(input_dim: &D) -> D::Smaller {
+    let leading = &input_dim.slice()[..input_dim.ndim() - 1];
+    let mut dim = D::Smaller::zeros(leading.len());
+    dim.slice_mut().copy_from_slice(leading);
+    dim
+}
+
+/// Runs `fill` on a standard-layout slice of `out`: `out`'s own memory when it is in standard
+/// layout, otherwise a temporary buffer copied into `out` afterwards.
+fn write_standard<A: Element, D: Dimension>(out: &mut ArrayRef<A, D>, fill: impl FnOnce(&mut [A])) {
+    if let Some(slice) = out.as_slice_mut() {
+        fill(slice);
+        return;
+    }
+    let mut buffer = vec![A::from_stat(A::Stat::zero()); out.len()];
+    fill(&mut buffer);
+    let view = ndarray::ArrayView::from_shape(out.raw_dim(), &buffer)
+        .expect("buffer has exactly out.len() elements");
+    out.assign(&view);
+}
+
+/// A standard-layout array of `dim` whose elements `fill` writes.
+fn new_standard<A: Element, D: Dimension>(dim: D, fill: impl FnOnce(&mut [A])) -> Array<A, D> {
+    let mut buffer = vec![A::from_stat(A::Stat::zero()); dim.size()];
+    fill(&mut buffer);
+    Array::from_shape_vec(dim, buffer).expect("buffer has exactly dim.size() elements")
+}
+
+impl<A: Element> NormCore<A> {
+    /// A layer over `dim` features with gain 1 and bias 0 where present, and the default eps.
+    pub(crate) fn new(
+        dim: usize,
+        gain: bool,
+        bias: bool,
+        centered: bool,
+    ) -> Result<Self, NormError> {
+        let dim = validate_dim(dim)?;
+        let one = A::from_stat(A::Stat::one());
+        let zero = A::from_stat(A::Stat::zero());
+        Ok(NormCore {
+            dim,
+            gain: gain.then(|| Array1::from_elem(dim, one)),
+            bias: bias.then(|| Array1::from_elem(dim, zero)),
+            eps: DEFAULT_EPS,
+            centered,
+        })
+    }
+
+    /// A layer from given parameters (at least one of them, of equal length) and eps.
+    pub(crate) fn from_params(
+        gain: Option<Array1<A>>,
+        bias: Option<Array1<A>>,
+        eps: f64,
+        centered: bool,
+    ) -> Result<Self, NormError> {
+        let len = gain.as_ref().or(bias.as_ref()).map_or(0, |p| p.len());
+        let dim = validate_dim(len)?;
+        if let (Some(_), Some(bias)) = (&gain, &bias) {
+            expect_shape("bias", &[dim], bias.shape())?;
+        }
+        Ok(NormCore {
+            dim,
+            gain,
+            bias,
+            eps: validate_eps(eps)?,
+            centered,
+        })
+    }
+
+    /// A layer with neither gain nor bias.
+    pub(crate) fn without_affine(dim: usize, centered: bool) -> Result<Self, NormError> {
+        Self::new(dim, false, false, centered)
+    }
+
+    pub(crate) fn set_eps(&mut self, eps: f64) -> Result<(), NormError> {
+        self.eps = validate_eps(eps)?;
+        Ok(())
+    }
+
+    pub(crate) fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub(crate) fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    pub(crate) fn gain(&self) -> Option<ArrayView1<'_, A>> {
+        self.gain.as_ref().map(|gain| gain.view())
+    }
+
+    pub(crate) fn bias(&self) -> Option<ArrayView1<'_, A>> {
+        self.bias.as_ref().map(|bias| bias.view())
+    }
+
+    pub(crate) fn gain_mut(&mut self) -> Option<ArrayViewMut1<'_, A>> {
+        self.gain.as_mut().map(|gain| gain.view_mut())
+    }
+
+    pub(crate) fn bias_mut(&mut self) -> Option<ArrayViewMut1<'_, A>> {
+        self.bias.as_mut().map(|bias| bias.view_mut())
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn parameters_mut(
+        &mut self,
+    ) -> (Option<ArrayViewMut1<'_, A>>, Option<ArrayViewMut1<'_, A>>) {
+        (
+            self.gain.as_mut().map(|gain| gain.view_mut()),
+            self.bias.as_mut().map(|bias| bias.view_mut()),
+        )
+    }
+
+    pub(crate) fn into_params(self) -> (Option<Array1<A>>, Option<Array1<A>>, f64) {
+        (self.gain, self.bias, self.eps)
+    }
+
+    fn params(&self) -> Params<'_, A> {
+        Params {
+            gain: self.gain.as_ref().map(as_slice_1d),
+            bias: self.bias.as_ref().map(as_slice_1d),
+            centered: self.centered,
+        }
+    }
+
+    fn eps_stat(&self) -> A::Stat {
+        A::Stat::from_f64(self.eps).expect("a finite eps converts to the statistics type")
+    }
+
+    fn check_input<D: Dimension>(
+        &self,
+        argument: &'static str,
+        x: &ArrayRef<A, D>,
+    ) -> Result<(), NormError> {
+        let shape = x.shape();
+        match shape.last() {
+            None => Err(NormError::NoFeatureAxis { argument }),
+            Some(&last) if last == self.dim => Ok(()),
+            Some(_) => {
+                let mut expected = shape.to_vec();
+                *expected.last_mut().expect("shape is not empty") = self.dim;
+                expect_shape(argument, &expected, shape)
+            }
+        }
+    }
+
+    pub(crate) fn forward<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+    ) -> Result<Array<A, D>, NormError> {
+        self.check_input("x", x)?;
+        let x = x.as_standard_layout();
+        let x = as_slice_std(&x);
+        Ok(new_standard(x.dim.clone(), |out| {
+            rows::forward(
+                Some(x.data),
+                out,
+                self.dim,
+                self.params(),
+                self.eps_stat(),
+                None,
+            )
+        }))
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn forward_with_stats<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+    ) -> Result<(Array<A, D>, NormStats<A::Stat, D::Smaller>), NormError> {
+        self.check_input("x", x)?;
+        let stats_shape = stats_dim(&x.raw_dim());
+        let x = x.as_standard_layout();
+        let x = as_slice_std(&x);
+        let mut mean = vec![A::Stat::zero(); stats_shape.size()];
+        let mut inv_std = vec![A::Stat::zero(); stats_shape.size()];
+        let y = new_standard(x.dim.clone(), |out| {
+            rows::forward(
+                Some(x.data),
+                out,
+                self.dim,
+                self.params(),
+                self.eps_stat(),
+                Some(RowStatsOut {
+                    mean: &mut mean,
+                    inv_std: &mut inv_std,
+                }),
+            )
+        });
+        let mean = Array::from_shape_vec(stats_shape.clone(), mean).expect("one mean per row");
+        let inv_std = Array::from_shape_vec(stats_shape, inv_std).expect("one inv_std per row");
+        Ok((y, NormStats::from_parts(mean, inv_std)))
+    }
+
+    pub(crate) fn forward_into<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        out: &mut ArrayRef<A, D>,
+    ) -> Result<(), NormError> {
+        self.check_input("x", x)?;
+        expect_shape("out", x.shape(), out.shape())?;
+        let x = x.as_standard_layout();
+        let x = as_slice_std(&x);
+        write_standard(out, |out| {
+            rows::forward(
+                Some(x.data),
+                out,
+                self.dim,
+                self.params(),
+                self.eps_stat(),
+                None,
+            )
+        });
+        Ok(())
+    }
+
+    pub(crate) fn forward_with_stats_into<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        out: &mut ArrayRef<A, D>,
+        stats: &mut NormStats<A::Stat, D::Smaller>,
+    ) -> Result<(), NormError> {
+        self.check_input("x", x)?;
+        expect_shape("out", x.shape(), out.shape())?;
+        expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())?;
+        let x = x.as_standard_layout();
+        let x = as_slice_std(&x);
+        let (mean, inv_std) = stats.as_mut_slices();
+        write_standard(out, |out| {
+            rows::forward(
+                Some(x.data),
+                out,
+                self.dim,
+                self.params(),
+                self.eps_stat(),
+                Some(RowStatsOut { mean, inv_std }),
+            )
+        });
+        Ok(())
+    }
+
+    pub(crate) fn forward_inplace<D: Dimension>(
+        &self,
+        x: &mut ArrayRef<A, D>,
+    ) -> Result<(), NormError> {
+        self.check_input("x", x)?;
+        if let Some(data) = x.as_slice_mut() {
+            rows::forward(None, data, self.dim, self.params(), self.eps_stat(), None);
+        } else {
+            let copy = x.as_standard_layout().into_owned();
+            let source = as_slice_std(&copy);
+            write_standard(x, |out| {
+                rows::forward(
+                    Some(source.data),
+                    out,
+                    self.dim,
+                    self.params(),
+                    self.eps_stat(),
+                    None,
+                )
+            });
+        }
+        Ok(())
+    }
+
+    fn check_backward<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        stats: &NormStats<A::Stat, D::Smaller>,
+        dy: &ArrayRef<A, D>,
+    ) -> Result<(), NormError> {
+        self.check_input("x", x)?;
+        expect_shape("dy", x.shape(), dy.shape())?;
+        expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())
+    }
+
+    pub(crate) fn backward<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        stats: &NormStats<A::Stat, D::Smaller>,
+        dy: &ArrayRef<A, D>,
+    ) -> Result<LayerNormGrads<A, D>, NormError> {
+        self.check_backward(x, stats, dy)?;
+        let zero = A::from_stat(A::Stat::zero());
+        let mut gain = self
+            .gain
+            .as_ref()
+            .map(|_| Array1::from_elem(self.dim, zero));
+        let mut bias = self
+            .bias
+            .as_ref()
+            .map(|_| Array1::from_elem(self.dim, zero));
+        let mut input = Array::from_elem(x.raw_dim(), zero);
+        self.backward_into(
+            x,
+            stats,
+            dy,
+            &mut input,
+            gain.as_deref_mut(),
+            bias.as_deref_mut(),
+        )?;
+        Ok(LayerNormGrads { input, gain, bias })
+    }
+
+    pub(crate) fn backward_into<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        stats: &NormStats<A::Stat, D::Smaller>,
+        dy: &ArrayRef<A, D>,
+        dx: &mut ArrayRef<A, D>,
+        gain_grad: Option<&mut ArrayRef1<A>>,
+        bias_grad: Option<&mut ArrayRef1<A>>,
+    ) -> Result<(), NormError> {
+        self.check_backward(x, stats, dy)?;
+        expect_shape("dx", x.shape(), dx.shape())?;
+        for (argument, parameter, grad) in [
+            ("gain_grad", self.gain.is_some(), gain_grad.as_deref()),
+            ("bias_grad", self.bias.is_some(), bias_grad.as_deref()),
+        ] {
+            if let Some(grad) = grad {
+                if !parameter {
+                    let parameter = argument.trim_end_matches("_grad");
+                    return Err(NormError::MissingParameter { parameter });
+                }
+                expect_shape(argument, &[self.dim], grad.shape())?;
+            }
+        }
+
+        let mut gain_total: Option<Vec<A::Stat>> = gain_grad.as_deref().map(widen);
+        let mut bias_total: Option<Vec<A::Stat>> = bias_grad.as_deref().map(widen);
+        let x = x.as_standard_layout();
+        let dy = dy.as_standard_layout();
+        let (means, inv_stds) = stats.as_slices();
+        let inputs = BackwardRows {
+            x: as_slice_std(&x).data,
+            dy: as_slice_std(&dy).data,
+            means,
+            inv_stds,
+            gain: self.params().gain,
+            centered: self.centered,
+            eps: self.eps_stat(),
+            dim: self.dim,
+        };
+        write_standard(dx, |dx| {
+            rows::backward(
+                inputs,
+                dx,
+                GradTotals {
+                    gain: gain_total.as_deref_mut(),
+                    bias: bias_total.as_deref_mut(),
+                },
+            )
+        });
+        narrow_into(gain_grad, gain_total.as_deref());
+        narrow_into(bias_grad, bias_total.as_deref());
+        Ok(())
+    }
+}
+/// The accumulator's values in the statistics type.
+fn widen<A: Element>(values: &ArrayRef1<A>) -> Vec<A::Stat> {
+    match values.as_slice() {
+        Some(slice) => slice.iter().map(|&value| value.to_stat()).collect(),
+        None => values.iter().map(|&value| value.to_stat()).collect(),
+    }
+}
+
+/// Writes the totals back into the caller's accumulator, rounded to its type.
+fn narrow_into<A: Element>(target: Option<&mut ArrayRef1<A>>, totals: Option<&[A::Stat]>) {
+    let (Some(target), Some(totals)) = (target, totals) else {
+        return;
+    };
+    let narrow = |(slot, &total): (&mut A, &A::Stat)| *slot = A::from_stat(total);
+    match target.as_slice_mut() {
+        Some(slice) => slice.iter_mut().zip(totals).for_each(narrow),
+        None => target.iter_mut().zip(totals).for_each(narrow),
+    }
+}
+
+/// A parameter vector as a slice; parameters are built by this crate in standard layout.
+fn as_slice_1d<A>(values: &Array1<A>) -> &[A] {
+    values
+        .as_slice()
+        .expect("parameters are owned, standard-layout arrays")
+}
+
+/// A standard-layout input's data and shape.
+struct StandardInput<'a, A, D> {
+    data: &'a [A],
+    dim: D,
+}
+
+fn as_slice_std<'a, A, D: Dimension>(
+    array: &'a ndarray::ArrayBase<impl ndarray::Data<Elem = A>, D>,
+) -> StandardInput<'a, A, D> {
+    StandardInput {
+        data: array
+            .as_slice()
+            .expect("as_standard_layout returns a standard-layout array"),
+        dim: array.raw_dim(),
+    }
+}
