@@ -42,6 +42,9 @@
 //! # }
 //! ```
 //!
+//! [`RmsNorm`] (Zhang & Sennrich, 2019) shares the same kernels without the centering:
+//! `yᵢ = gainᵢ · xᵢ / √(mean(x²) + ε)`.
+//!
 //! # What it does not do
 //!
 //! There is no autograd graph: you call [`LayerNorm::backward`] (or the allocation-free
@@ -95,6 +98,7 @@ mod element;
 mod error;
 mod kernels;
 mod layer_norm;
+mod rms_norm;
 mod rows;
 mod stats;
 
@@ -102,7 +106,8 @@ pub use crate::core::DEFAULT_EPS;
 pub use crate::element::Element;
 pub use crate::error::NormError;
 pub use crate::layer_norm::{LayerNorm, LayerNormGrads};
-pub use crate::stats::NormStats;
+pub use crate::rms_norm::{RmsNorm, RmsNormGrads};
+pub use crate::stats::{NormStats, RmsStats};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -114,3 +114,79 @@ impl<S, D: Dimension> NormStats<S, D> {
         (self.mean, self.inv_std)
     }
 }
+
+/// Per-row inverse root mean square, as computed by
+/// [`RmsNorm::forward_with_stats`](crate::RmsNorm::forward_with_stats).
+///
+/// Shaped like the input without its last axis, in the element type's statistics type (`f64`
+/// for `f32` data).
+///
+/// ```text
+/// inv_rms = 1 / √(mean(x²) + ε)
+/// ```
+///
+/// ```
+/// use layernorm::RmsNorm;
+/// use ndarray::array;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rms = RmsNorm::<f32>::new(2)?.with_eps(0.0)?;
+/// let (_y, stats) = rms.forward_with_stats(&array![[3.0, 4.0]])?;
+/// assert!((stats.inv_rms()[0] - 1.0 / 12.5f64.sqrt()).abs() < 1e-12); // mean(x²) = 12.5
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct RmsStats<S, D: Dimension> {
+    /// The shared representation: means are all zero for uncentered rows.
+    inner: NormStats<S, D>,
+}
+
+impl<S: Zero + Clone, D: Dimension> RmsStats<S, D> {
+    /// Statistics of `shape` filled with zeros: a buffer for
+    /// [`RmsNorm::forward_with_stats_into`](crate::RmsNorm::forward_with_stats_into).
+    ///
+    /// ```
+    /// let stats = layernorm::RmsStats::<f64, ndarray::Ix1>::zeros(ndarray::Ix1(8));
+    /// assert_eq!(stats.shape(), &[8]);
+    /// ```
+    pub fn zeros(shape: D) -> Self {
+        RmsStats {
+            inner: NormStats::zeros(shape),
+        }
+    }
+}
+
+impl<S, D: Dimension> RmsStats<S, D> {
+    pub(crate) fn from_inner(inner: NormStats<S, D>) -> Self {
+        RmsStats { inner }
+    }
+
+    pub(crate) fn inner(&self) -> &NormStats<S, D> {
+        &self.inner
+    }
+
+    pub(crate) fn inner_mut(&mut self) -> &mut NormStats<S, D> {
+        &mut self.inner
+    }
+
+    /// Inverse root mean square `1 / √(mean(x²) + ε)` of each row.
+    #[doc(alias = "rstd")]
+    pub fn inv_rms(&self) -> ArrayView<'_, S, D> {
+        self.inner.inv_std()
+    }
+
+    /// Shape of the statistics: the input's shape without its last axis.
+    pub fn shape(&self) -> &[usize] {
+        self.inner.shape()
+    }
+
+    /// Number of rows the statistics describe.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// `true` when the statistics describe zero rows.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}

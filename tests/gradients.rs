@@ -115,24 +115,15 @@ fn check_case(case: &Case) -> Result<(), TestCaseError> {
         .map_or(1.0, |g| g.iter().fold(0.0f64, |m, v| m.max(v.abs())));
 
     // dx, element by element.
-    let mut x_perturbed = x.clone();
-    for (flat, (&analytic, value)) in grads.input.iter().zip(x.iter()).enumerate() {
-        let row = flat / dim;
-        let h = 1e-5 * scales[row];
-        let slot = x_perturbed.as_slice_mut().expect("standard layout");
-        slot[flat] = value + h;
-        let plus = loss(&ln, &x_perturbed, &w);
-        let slot = x_perturbed.as_slice_mut().expect("standard layout");
-        slot[flat] = value - h;
-        let minus = loss(&ln, &x_perturbed, &w);
-        x_perturbed.as_slice_mut().expect("standard layout")[flat] = *value;
-        let numeric = (plus - minus) / (2.0 * h);
-        let scale = max_gain.max(1e-3) / scales[row];
-        prop_assert!(
-            (analytic - numeric).abs() <= 1e-6 * scale,
-            "dx[{flat}] analytic {analytic} numeric {numeric} scale {scale}"
-        );
-    }
+    common::check_input_gradient(
+        |x| ln.forward(x).expect("valid input"),
+        &x,
+        &w,
+        &grads.input,
+        |row| 1e-5 * scales[row],
+        |row| 1e-6 * max_gain.max(1e-3) / scales[row],
+    )
+    .map_err(TestCaseError::fail)?;
 
     // dgain and dbias: L is linear in them, so the central difference is exact up to rounding.
     let rows = (x.len() / dim) as f64;

@@ -110,3 +110,36 @@ pub fn max_abs_diff<'a>(
         .zip(b)
         .fold(0.0, |m: f64, (a, b)| m.max((a - b).abs()))
 }
+
+/// Checks `analytic` = ∂L/∂x for `L = Σ w ⊙ f(x)` by central differences, element by element:
+/// the element of row `r` (rows along the last axis) is stepped by `step(r)` and must agree
+/// within `tolerance(r)`. Returns the first disagreement.
+pub fn check_input_gradient(
+    f: impl Fn(&ndarray::ArrayD<f64>) -> ndarray::ArrayD<f64>,
+    x: &ndarray::ArrayD<f64>,
+    w: &ndarray::ArrayD<f64>,
+    analytic: &ndarray::ArrayD<f64>,
+    step: impl Fn(usize) -> f64,
+    tolerance: impl Fn(usize) -> f64,
+) -> Result<(), String> {
+    let dim = *x.shape().last().expect("at least one axis");
+    let loss = |x: &ndarray::ArrayD<f64>| (f(x) * w).sum();
+    let mut perturbed = x.as_standard_layout().to_owned();
+    let analytic = analytic.as_standard_layout();
+    let analytic = analytic.as_slice().expect("standard layout");
+    for (flat, &expected) in analytic.iter().enumerate() {
+        let row = flat / dim;
+        let h = step(row);
+        let original = perturbed.as_slice().expect("standard layout")[flat];
+        perturbed.as_slice_mut().expect("standard layout")[flat] = original + h;
+        let plus = loss(&perturbed);
+        perturbed.as_slice_mut().expect("standard layout")[flat] = original - h;
+        let minus = loss(&perturbed);
+        perturbed.as_slice_mut().expect("standard layout")[flat] = original;
+        let numeric = (plus - minus) / (2.0 * h);
+        if (expected - numeric).abs() > tolerance(row) {
+            return Err(format!("dx[{flat}]: analytic {expected} numeric {numeric}"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! `RmsNorm`: root-mean-square normalization (Zhang & Sennrich, 2019), sharing LayerNorm's
+//! core and kernels with the centering turned off.
+
+use crate::core::NormCore;
+use crate::element::Element;
+use crate::error::NormError;
+use crate::layer_norm::LayerNormGrads;
+use crate::stats::{NormStats, RmsStats};
+use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
+
+/// Gradients returned by [`RmsNorm::backward`]: the same fields as [`LayerNormGrads`].
+pub type RmsNormGrads<A, D> = LayerNormGrads<A, D>;
+
+/// Root-mean-square normalization over the last axis (Zhang & Sennrich, 2019), the
+/// normalization of most current transformers: rows are scaled, not centered.
+///
+/// For each row `x` of `n = dim()` values:
+///
+/// ```text
+/// r  = 1 / √(mean(x²) + ε)           "inv_rms"; ε inside the root
+/// yᵢ = gainᵢ · xᵢ · r (+ biasᵢ)       bias off by default
+/// ```
+///
+/// Inputs, layouts, errors, non-finite values and thread-count independence behave exactly as
+/// for [`LayerNorm`](crate::LayerNorm), whose kernels it shares.
+///
+/// | constructor | gain | bias |
+/// |---|---|---|
+/// | [`new`](Self::new), [`from_gain`](Self::from_gain) | yes | no |
+/// | [`new_with_bias`](Self::new_with_bias), [`from_params`](Self::from_params) | yes | yes |
+/// | [`new_without_affine`](Self::new_without_affine) | no | no |
+#[derive(Debug, Clone, PartialEq)]
+pub struct RmsNorm<A: Element> {
+    core: NormCore<A>,
+}
+
+fn stats_of<S, D: Dimension>(stats: &RmsStats<S, D>) -> &NormStats<S, D> {
+    stats.inner()
+}
+
+impl<A: Element> RmsNorm<A> {
+    /// A layer over `dim` features with gain 1, no bias and `eps = 1e-5`.
+    ///
+    /// # Errors
+    /// [`NormError::ZeroDim`] if `dim == 0`.
+    ///
+    /// ```
+    /// use layernorm::RmsNorm;
+    /// use ndarray::array;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = RmsNorm::<f64>::new(2)?.with_eps(0.0)?;
+    /// let y = rms.forward(&array![3.0, 4.0])?;         // rms = √12.5 ≈ 3.5355
+    /// assert!((y[0] - 0.848528).abs() < 1e-6 && (y[1] - 1.131371).abs() < 1e-6);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new(dim: usize) -> Result<Self, NormError> {
+        Ok(RmsNorm {
+            core: NormCore::new(dim, true, false, false)?,
+        })
+    }
+
+    /// A layer over `dim` features with gain 1 and bias 0.
+    ///
+    /// # Errors
+    /// [`NormError::ZeroDim`] if `dim == 0`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = layernorm::RmsNorm::<f32>::new_with_bias(8)?;
+    /// assert!(rms.bias().is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new_with_bias(dim: usize) -> Result<Self, NormError> {
+        Ok(RmsNorm {
+            core: NormCore::new(dim, true, true, false)?,
+        })
+    }
+
+    /// A layer over `dim` features with neither gain nor bias: `y = x · r`.
+    ///
+    /// # Errors
+    /// [`NormError::ZeroDim`] if `dim == 0`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = layernorm::RmsNorm::<f32>::new_without_affine(8)?;
+    /// assert!(rms.gain().is_none() && rms.bias().is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new_without_affine(dim: usize) -> Result<Self, NormError> {
+        Ok(RmsNorm {
+            core: NormCore::without_affine(dim, false)?,
+        })
+    }
+
+    /// A layer with the given gain, no bias, and `eps`.
+    ///
+    /// # Errors
+    /// [`NormError::ZeroDim`] if `gain` is empty, [`NormError::InvalidEps`] for a bad `eps`.
+    ///
+    /// ```
+    /// use layernorm::RmsNorm;
+    /// use ndarray::array;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = RmsNorm::from_gain(array![2.0, 0.5], 0.0)?;
+    /// assert_eq!(rms.forward(&array![1.0, -1.0])?, array![2.0, -0.5]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_gain(gain: Array1<A>, eps: f64) -> Result<Self, NormError> {
+        Ok(RmsNorm {
+            core: NormCore::from_params(Some(gain), None, eps, false)?,
+        })
+    }
+
+    /// A layer with the given gain and bias (of equal, non-zero length) and `eps`.
+    ///
+    /// # Errors
+    /// [`NormError::ZeroDim`] if `gain` is empty, [`NormError::ShapeMismatch`] (argument `bias`)
+    /// if the lengths differ, [`NormError::InvalidEps`] for a bad `eps`.
+    ///
+    /// ```
+    /// use layernorm::RmsNorm;
+    /// use ndarray::array;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = RmsNorm::from_params(array![1.0, 1.0], array![0.5, 0.5], 0.0)?;
+    /// assert_eq!(rms.forward(&array![2.0, -2.0])?, array![1.5, -0.5]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_params(gain: Array1<A>, bias: Array1<A>, eps: f64) -> Result<Self, NormError> {
+        Ok(RmsNorm {
+            core: NormCore::from_params(Some(gain), Some(bias), eps, false)?,
+        })
+    }
+
+    /// The same layer with another `eps`.
+    ///
+    /// # Errors
+    /// [`NormError::InvalidEps`] if `eps` is NaN, infinite or negative.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = layernorm::RmsNorm::<f32>::new(8)?.with_eps(1e-6)?;
+    /// assert_eq!(rms.eps(), 1e-6);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_eps(mut self, eps: f64) -> Result<Self, NormError> {
+        self.core.set_eps(eps)?;
+        Ok(self)
+    }
+
+    /// Replaces `eps`.
+    ///
+    /// # Errors
+    /// [`NormError::InvalidEps`] if `eps` is NaN, infinite or negative; the layer is unchanged.
+    pub fn set_eps(&mut self, eps: f64) -> Result<(), NormError> {
+        self.core.set_eps(eps)
+    }
+
+    /// Number of features normalized: the required length of the input's last axis.
+    pub fn dim(&self) -> usize {
+        self.core.dim()
+    }
+
+    /// The ε added to the mean square inside the square root.
+    pub fn eps(&self) -> f64 {
+        self.core.eps()
+    }
+
+    /// The per-feature gain, `None` for a layer without one.
+    #[doc(alias = "weight")]
+    #[doc(alias = "gamma")]
+    pub fn gain(&self) -> Option<ArrayView1<'_, A>> {
+        self.core.gain()
+    }
+
+    /// The per-feature bias, `None` for a layer without one.
+    #[doc(alias = "beta")]
+    pub fn bias(&self) -> Option<ArrayView1<'_, A>> {
+        self.core.bias()
+    }
+
+    /// Mutable access to the gain. Its length cannot change.
+    pub fn gain_mut(&mut self) -> Option<ArrayViewMut1<'_, A>> {
+        self.core.gain_mut()
+    }
+
+    /// Mutable access to the bias. Its length cannot change.
+    pub fn bias_mut(&mut self) -> Option<ArrayViewMut1<'_, A>> {
+        self.core.bias_mut()
+    }
+
+    /// Mutable access to gain and bias at once, `(gain, bias)`.
+    #[allow(clippy::type_complexity)]
+    pub fn parameters_mut(
+        &mut self,
+    ) -> (Option<ArrayViewMut1<'_, A>>, Option<ArrayViewMut1<'_, A>>) {
+        self.core.parameters_mut()
+    }
+
+    /// Consumes the layer, returning `(gain, bias, eps)`.
+    pub fn into_params(self) -> (Option<Array1<A>>, Option<Array1<A>>, f64) {
+        self.core.into_params()
+    }
+
+    /// Normalizes `x` over its last axis, returning a new array shaped like `x`.
+    ///
+    /// # Errors
+    /// [`NormError::NoFeatureAxis`] for a 0-dimensional `x`; [`NormError::ShapeMismatch`]
+    /// (argument `x`) if the last axis does not have [`dim`](Self::dim) elements.
+    ///
+    /// ```
+    /// use layernorm::RmsNorm;
+    /// use ndarray::array;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = RmsNorm::<f32>::new(4)?.with_eps(0.0)?;
+    /// let y = rms.forward(&array![[1.0, 1.0, 1.0, 1.0], [2.0, -2.0, 2.0, -2.0]])?;
+    /// assert_eq!(y, array![[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0]]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn forward<D: Dimension>(&self, x: &ArrayRef<A, D>) -> Result<Array<A, D>, NormError> {
+        self.core.forward(x)
+    }
+
+    /// Normalizes `x` and also returns each row's inverse root mean square, which
+    /// [`backward`](Self::backward) needs.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    ///
+    /// ```
+    /// use layernorm::RmsNorm;
+    /// use ndarray::Array3;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = RmsNorm::<f32>::new(16)?;
+    /// let (y, stats) = rms.forward_with_stats(&Array3::<f32>::ones((2, 5, 16)))?;
+    /// assert_eq!(stats.inv_rms().shape(), &[2, 5]);
+    /// assert!((y[[1, 4, 15]] - 1.0).abs() < 1e-4);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn forward_with_stats<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+    ) -> Result<(Array<A, D>, RmsStats<A::Stat, D::Smaller>), NormError> {
+        let (y, stats) = self.core.forward_with_stats(x)?;
+        Ok((y, RmsStats::from_inner(stats)))
+    }
+
+    /// Normalizes `x` into the caller's buffer `out` (same shape as `x`).
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward); [`NormError::ShapeMismatch`] (argument `out`) if `out`
+    /// is not shaped like `x`.
+    ///
+    /// ```
+    /// use layernorm::RmsNorm;
+    /// use ndarray::{array, Array2};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = RmsNorm::<f64>::new(2)?.with_eps(0.0)?;
+    /// let mut out = Array2::zeros((1, 2));
+    /// rms.forward_into(&array![[-5.0, 5.0]], &mut out)?;
+    /// assert_eq!(out, array![[-1.0, 1.0]]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn forward_into<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        out: &mut ArrayRef<A, D>,
+    ) -> Result<(), NormError> {
+        self.core.forward_into(x, out)
+    }
+
+    /// As [`forward_into`](Self::forward_into), also writing each row's statistics into a
+    /// reused [`RmsStats`] (from [`RmsStats::zeros`]).
+    ///
+    /// # Errors
+    /// As [`forward_into`](Self::forward_into); [`NormError::ShapeMismatch`] (argument
+    /// `stats`) if `stats` does not have one entry per row of `x`.
+    pub fn forward_with_stats_into<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        out: &mut ArrayRef<A, D>,
+        stats: &mut RmsStats<A::Stat, D::Smaller>,
+    ) -> Result<(), NormError> {
+        self.core.forward_with_stats_into(x, out, stats.inner_mut())
+    }
+
+    /// Normalizes `x` in place.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_inplace<D: Dimension>(&self, x: &mut ArrayRef<A, D>) -> Result<(), NormError> {
+        self.core.forward_inplace(x)
+    }
+
+    /// Gradients of a loss with respect to the input and the parameters, given the input, the
+    /// statistics forward saved for it and the upstream gradient `dy`.
+    ///
+    /// # Derivation
+    ///
+    /// Per row of `n` features, with `r = (mean(x²) + ε)^(-1/2)`, `x̂ᵢ = xᵢ · r` and
+    /// `gᵢ = gainᵢ · dyᵢ`:
+    ///
+    /// ```text
+    /// ∂r/∂xⱼ  = −½ (mean(x²) + ε)^(-3/2) · 2xⱼ/n  = −(r/n) · x̂ⱼ · r
+    /// ∂x̂ᵢ/∂xⱼ = r δᵢⱼ + xᵢ ∂r/∂xⱼ                  = r (δᵢⱼ − x̂ᵢ x̂ⱼ / n)
+    ///
+    /// dxⱼ     = Σᵢ gᵢ ∂x̂ᵢ/∂xⱼ = r · (gⱼ − x̂ⱼ · mean(g ⊙ x̂))
+    /// dgainⱼ  = Σ_rows dyⱼ · x̂ⱼ          dbiasⱼ = Σ_rows dyⱼ
+    /// ```
+    ///
+    /// LayerNorm's formula without the `mean(g)` term; the tests check it against central
+    /// finite differences.
+    ///
+    /// # Errors
+    /// As [`LayerNorm::backward`](crate::LayerNorm::backward).
+    ///
+    /// ```
+    /// use layernorm::RmsNorm;
+    /// use ndarray::array;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = RmsNorm::<f64>::new(2)?.with_eps(0.0)?;
+    /// let x = array![[3.0, 4.0]];
+    /// let (_y, stats) = rms.forward_with_stats(&x)?;
+    /// let grads = rms.backward(&x, &stats, &array![[1.0, 1.0]])?;
+    /// // Scaling x does not change y, so dx is orthogonal to x: 3·dx₀ + 4·dx₁ = 0.
+    /// assert!((3.0 * grads.input[[0, 0]] + 4.0 * grads.input[[0, 1]]).abs() < 1e-12);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn backward<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        stats: &RmsStats<A::Stat, D::Smaller>,
+        dy: &ArrayRef<A, D>,
+    ) -> Result<RmsNormGrads<A, D>, NormError> {
+        self.core.backward(x, stats_of(stats), dy)
+    }
+
+    /// As [`backward`](Self::backward), writing `dx` into the caller's buffer and ADDING the
+    /// parameter gradients into caller-owned accumulators (`None` skips one).
+    ///
+    /// # Errors
+    /// As [`LayerNorm::backward_into`](crate::LayerNorm::backward_into).
+    pub fn backward_into<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        stats: &RmsStats<A::Stat, D::Smaller>,
+        dy: &ArrayRef<A, D>,
+        dx: &mut ArrayRef<A, D>,
+        gain_grad: Option<&mut ArrayRef1<A>>,
+        bias_grad: Option<&mut ArrayRef1<A>>,
+    ) -> Result<(), NormError> {
+        self.core
+            .backward_into(x, stats_of(stats), dy, dx, gain_grad, bias_grad)
+    }
+}
