@@ -55,6 +55,27 @@ use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dim
 /// # }
 /// ```
 ///
+/// # Saving and loading
+///
+/// With the feature `serde`, layers serialize as `{ dim, eps, gain, bias }` (absent parameters
+/// `null`), and loading checks the record like a constructor does:
+///
+/// ```
+/// # #[cfg(feature = "serde")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use layernorm::LayerNorm;
+/// let ln = LayerNorm::from_params(ndarray::array![1.0f32, 2.0], ndarray::array![0.0, 0.5], 1e-5)?;
+/// let json = serde_json::to_string(&ln)?;
+/// assert_eq!(json, r#"{"dim":2,"eps":0.00001,"gain":[1.0,2.0],"bias":[0.0,0.5]}"#);
+/// assert_eq!(serde_json::from_str::<LayerNorm<f32>>(&json)?, ln);
+/// let broken = r#"{"dim":2,"eps":1e-5,"gain":[1.0,2.0],"bias":[0.0]}"#;
+/// assert!(serde_json::from_str::<LayerNorm<f32>>(broken).is_err()); // bias too short
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "serde"))]
+/// # fn main() {}
+/// ```
+///
 /// # Non-finite values
 ///
 /// NaN or ±Inf in a row make that row's outputs, statistics and input gradient NaN; other rows
@@ -84,6 +105,18 @@ pub struct LayerNormGrads<A, D: Dimension> {
 }
 
 impl<A: Element> LayerNorm<A> {
+    /// Wraps a core (deserialization builds layers this way).
+    #[cfg(feature = "serde")]
+    pub(crate) fn from_core(core: NormCore<A>) -> Self {
+        LayerNorm { core }
+    }
+
+    /// The shared core.
+    #[cfg(feature = "serde")]
+    pub(crate) fn core(&self) -> &NormCore<A> {
+        &self.core
+    }
+
     /// A layer over `dim` features with gain 1, bias 0 and `eps = 1e-5`.
     ///
     /// # Errors

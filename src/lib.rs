@@ -82,6 +82,7 @@
 //! | feature | default | adds |
 //! |---|---|---|
 //! | `rayon` | yes | splits inputs of 65 536 elements or more across rayon's thread pool (bitwise identical results) |
+//! | `serde` | no | `Serialize`/`Deserialize` for [`LayerNorm`] and [`RmsNorm`] as `{ dim, eps, gain, bias }`, validated on load |
 //!
 //! # Reference
 //!
@@ -100,6 +101,8 @@ mod kernels;
 mod layer_norm;
 mod rms_norm;
 mod rows;
+#[cfg(feature = "serde")]
+mod serialize;
 mod stats;
 
 pub use crate::core::DEFAULT_EPS;

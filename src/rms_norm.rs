@@ -39,6 +39,18 @@ fn stats_of<S, D: Dimension>(stats: &RmsStats<S, D>) -> &NormStats<S, D> {
 }
 
 impl<A: Element> RmsNorm<A> {
+    /// Wraps a core (deserialization builds layers this way).
+    #[cfg(feature = "serde")]
+    pub(crate) fn from_core(core: NormCore<A>) -> Self {
+        RmsNorm { core }
+    }
+
+    /// The shared core.
+    #[cfg(feature = "serde")]
+    pub(crate) fn core(&self) -> &NormCore<A> {
+        &self.core
+    }
+
     /// A layer over `dim` features with gain 1, no bias and `eps = 1e-5`.
     ///
     /// # Errors
