@@ -14,6 +14,19 @@ use num_traits::{FromPrimitive, One, Zero};
 /// The default `eps`, as in PyTorch, ONNX and candle.
 pub const DEFAULT_EPS: f64 = 1e-5;
 
+/// What the fused residual forward returns: `output = norm(x + residual)`, the `sum`
+/// `x + residual` (the residual stream the next block adds to), and the statistics the backward
+/// pass needs ([`NormStats`] for LayerNorm, [`RmsStats`](crate::RmsStats) for RmsNorm).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidualForward<A, D: Dimension, St> {
+    /// The normalized sum, shaped like `x`.
+    pub output: Array<A, D>,
+    /// `x + residual`, shaped like `x`.
+    pub sum: Array<A, D>,
+    /// Per-row statistics of the sum.
+    pub stats: St,
+}
+
 /// Parameters and kind of a normalization layer; see the public types for what each does.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NormCore<A: Element> {
@@ -325,6 +338,58 @@ impl<A: Element> NormCore<A> {
         Ok(())
     }
 
+    /// `sum = x + residual`, then `out` normalized from `sum`, with statistics: the fused
+    /// residual form of pre-norm transformer blocks.
+    pub(crate) fn forward_residual_into<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        residual: &ArrayRef<A, D>,
+        out: &mut ArrayRef<A, D>,
+        sum: &mut ArrayRef<A, D>,
+        stats: &mut NormStats<A::Stat, D::Smaller>,
+    ) -> Result<(), NormError> {
+        self.check_input("x", x)?;
+        expect_shape("residual", x.shape(), residual.shape())?;
+        expect_shape("out", x.shape(), out.shape())?;
+        expect_shape("sum", x.shape(), sum.shape())?;
+        expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())?;
+        let x = x.as_standard_layout();
+        let residual = residual.as_standard_layout();
+        let (x, residual) = (as_slice_std(&x).data, as_slice_std(&residual).data);
+        let (mean, inv_std) = stats.as_mut_slices();
+        write_standard(out, |out| {
+            write_standard(sum, |sum| {
+                rows::forward_residual(
+                    x,
+                    residual,
+                    sum,
+                    out,
+                    self.dim,
+                    self.params(),
+                    self.eps_stat(),
+                    RowStatsOut { mean, inv_std },
+                )
+            })
+        });
+        Ok(())
+    }
+
+    /// The allocating form of `forward_residual_into`: `(out, sum, stats)`.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn forward_residual<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        residual: &ArrayRef<A, D>,
+    ) -> Result<(Array<A, D>, Array<A, D>, NormStats<A::Stat, D::Smaller>), NormError> {
+        self.check_input("x", x)?;
+        let zero = A::from_stat(A::Stat::zero());
+        let mut out = Array::from_elem(x.raw_dim(), zero);
+        let mut sum = Array::from_elem(x.raw_dim(), zero);
+        let mut stats = NormStats::zeros(stats_dim(&x.raw_dim()));
+        self.forward_residual_into(x, residual, &mut out, &mut sum, &mut stats)?;
+        Ok((out, sum, stats))
+    }
+
     fn check_backward<D: Dimension>(
         &self,
         x: &ArrayRef<A, D>,
@@ -342,6 +407,18 @@ impl<A: Element> NormCore<A> {
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
     ) -> Result<LayerNormGrads<A, D>, NormError> {
+        self.backward_with_sum(x, stats, dy, None)
+    }
+
+    /// Backward, with `dsum` (the gradient reaching the normalized input by another path, for
+    /// the fused residual form) added to `dx` when given.
+    pub(crate) fn backward_with_sum<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        stats: &NormStats<A::Stat, D::Smaller>,
+        dy: &ArrayRef<A, D>,
+        dsum: Option<&ArrayRef<A, D>>,
+    ) -> Result<LayerNormGrads<A, D>, NormError> {
         self.check_backward(x, stats, dy)?;
         let zero = A::from_stat(A::Stat::zero());
         let mut gain = self
@@ -353,10 +430,11 @@ impl<A: Element> NormCore<A> {
             .as_ref()
             .map(|_| Array1::from_elem(self.dim, zero));
         let mut input = Array::from_elem(x.raw_dim(), zero);
-        self.backward_into(
+        self.backward_into_with_sum(
             x,
             stats,
             dy,
+            dsum,
             &mut input,
             gain.as_deref_mut(),
             bias.as_deref_mut(),
@@ -373,8 +451,26 @@ impl<A: Element> NormCore<A> {
         gain_grad: Option<&mut ArrayRef1<A>>,
         bias_grad: Option<&mut ArrayRef1<A>>,
     ) -> Result<(), NormError> {
+        self.backward_into_with_sum(x, stats, dy, None, dx, gain_grad, bias_grad)
+    }
+
+    /// `backward_into`, with `dsum` added to `dx` when given (see `backward_with_sum`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_into_with_sum<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        stats: &NormStats<A::Stat, D::Smaller>,
+        dy: &ArrayRef<A, D>,
+        dsum: Option<&ArrayRef<A, D>>,
+        dx: &mut ArrayRef<A, D>,
+        gain_grad: Option<&mut ArrayRef1<A>>,
+        bias_grad: Option<&mut ArrayRef1<A>>,
+    ) -> Result<(), NormError> {
         self.check_backward(x, stats, dy)?;
         expect_shape("dx", x.shape(), dx.shape())?;
+        if let Some(dsum) = dsum {
+            expect_shape("dsum", x.shape(), dsum.shape())?;
+        }
         for (argument, parameter, grad) in [
             ("gain_grad", self.gain.is_some(), gain_grad.as_deref()),
             ("bias_grad", self.bias.is_some(), bias_grad.as_deref()),
@@ -392,6 +488,8 @@ impl<A: Element> NormCore<A> {
         let mut bias_total: Option<Vec<A::Stat>> = bias_grad.as_deref().map(widen);
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
+        let dsum = dsum.map(|dsum| dsum.as_standard_layout());
+        let dsum = dsum.as_ref().map(|dsum| as_slice_std(dsum).data);
         let (means, inv_stds) = stats.as_slices();
         let inputs = BackwardRows {
             x: as_slice_std(&x).data,
@@ -411,6 +509,7 @@ impl<A: Element> NormCore<A> {
                     gain: gain_total.as_deref_mut(),
                     bias: bias_total.as_deref_mut(),
                 },
+                dsum,
             )
         });
         narrow_into(gain_grad, gain_total.as_deref());

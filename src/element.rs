@@ -21,7 +21,15 @@ mod private {
 /// | `f32` | `f64` | keeps the mean exact on rows whose mean is large against their spread, and squares cannot overflow |
 /// | `f64` | `f64` | |
 pub trait Element:
-    private::Sealed + Copy + Send + Sync + Debug + Display + PartialEq + 'static
+    private::Sealed
+    + Copy
+    + Send
+    + Sync
+    + Debug
+    + Display
+    + PartialEq
+    + std::ops::Add<Output = Self>
+    + 'static
 {
     /// The type statistics are accumulated and returned in.
     type Stat: Float + FromPrimitive + Send + Sync + Debug + Display + 'static;

@@ -1,6 +1,6 @@
 //! `LayerNorm`: parameters, validation, and the orchestration of forward and backward.
 
-use crate::core::NormCore;
+use crate::core::{NormCore, ResidualForward};
 use crate::element::Element;
 use crate::error::NormError;
 use crate::stats::NormStats;
@@ -547,5 +547,117 @@ impl<A: Element> LayerNorm<A> {
     ) -> Result<(), NormError> {
         self.core
             .backward_into(x, stats, dy, dx, gain_grad, bias_grad)
+    }
+
+    /// The fused residual step of a pre-norm transformer block: `sum = x + residual` and
+    /// `output = LN(sum)` in one pass over memory, with the statistics for
+    /// [`backward_residual`](Self::backward_residual).
+    ///
+    /// ```text
+    /// sum    = x + residual            the residual stream, returned for the next block
+    /// output = LN(sum)
+    /// ```
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward); [`NormError::ShapeMismatch`] (argument `residual`) if
+    /// `residual` is not shaped like `x`.
+    ///
+    /// ```
+    /// use layernorm::LayerNorm;
+    /// use ndarray::array;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = LayerNorm::<f32>::new(2)?.with_eps(0.0)?;
+    /// let step = ln.forward_residual(&array![[1.0, 2.0]], &array![[1.0, 4.0]])?;
+    /// assert_eq!(step.sum, array![[2.0, 6.0]]);
+    /// assert_eq!(step.output, array![[-1.0, 1.0]]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn forward_residual<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        residual: &ArrayRef<A, D>,
+    ) -> Result<ResidualForward<A, D, NormStats<A::Stat, D::Smaller>>, NormError> {
+        let (output, sum, stats) = self.core.forward_residual(x, residual)?;
+        Ok(ResidualForward { output, sum, stats })
+    }
+
+    /// As [`forward_residual`](Self::forward_residual), into caller buffers: `out` and `sum`
+    /// shaped like `x`, `stats` with one entry per row.
+    ///
+    /// # Errors
+    /// As [`forward_residual`](Self::forward_residual); [`NormError::ShapeMismatch`]
+    /// (argument `out`, `sum` or `stats`) for a buffer of the wrong shape.
+    pub fn forward_residual_into<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        residual: &ArrayRef<A, D>,
+        out: &mut ArrayRef<A, D>,
+        sum: &mut ArrayRef<A, D>,
+        stats: &mut NormStats<A::Stat, D::Smaller>,
+    ) -> Result<(), NormError> {
+        self.core
+            .forward_residual_into(x, residual, out, sum, stats)
+    }
+
+    /// Backward of the fused residual step: given the `sum` and `stats` from
+    /// [`forward_residual`](Self::forward_residual), the gradient `dy` of the output and the
+    /// gradient `dsum` reaching the sum from the blocks after it, returns in `input` the
+    /// gradient of the sum, which is the gradient of both `x` and `residual`:
+    ///
+    /// ```text
+    /// ∂L/∂sum = LN′(sum)ᵀ dy + dsum = ∂L/∂x = ∂L/∂residual
+    /// ```
+    ///
+    /// plus the gain and bias gradients, as [`backward`](Self::backward).
+    ///
+    /// # Errors
+    /// As [`backward`](Self::backward) with `sum` in place of `x`; [`NormError::ShapeMismatch`]
+    /// (argument `dsum`) if `dsum` is not shaped like `sum`.
+    ///
+    /// ```
+    /// use layernorm::LayerNorm;
+    /// use ndarray::array;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = LayerNorm::<f64>::new(3)?;
+    /// let step = ln.forward_residual(&array![[1.0, 2.0, 3.0]], &array![[0.5, 0.0, -0.5]])?;
+    /// let dy = array![[1.0, 0.0, 0.0]];
+    /// let dsum = array![[0.25, 0.25, 0.25]];
+    /// let fused = ln.backward_residual(&step.sum, &step.stats, &dy, &dsum)?;
+    /// let plain = ln.backward(&step.sum, &step.stats, &dy)?;
+    /// assert_eq!(fused.input, plain.input + &dsum);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn backward_residual<D: Dimension>(
+        &self,
+        sum: &ArrayRef<A, D>,
+        stats: &NormStats<A::Stat, D::Smaller>,
+        dy: &ArrayRef<A, D>,
+        dsum: &ArrayRef<A, D>,
+    ) -> Result<LayerNormGrads<A, D>, NormError> {
+        self.core.backward_with_sum(sum, stats, dy, Some(dsum))
+    }
+
+    /// As [`backward_residual`](Self::backward_residual), writing the sum's gradient into
+    /// `dinput` and ADDING the parameter gradients into caller-owned accumulators.
+    ///
+    /// # Errors
+    /// As [`backward_residual`](Self::backward_residual) and
+    /// [`backward_into`](Self::backward_into).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_residual_into<D: Dimension>(
+        &self,
+        sum: &ArrayRef<A, D>,
+        stats: &NormStats<A::Stat, D::Smaller>,
+        dy: &ArrayRef<A, D>,
+        dsum: &ArrayRef<A, D>,
+        dinput: &mut ArrayRef<A, D>,
+        gain_grad: Option<&mut ArrayRef1<A>>,
+        bias_grad: Option<&mut ArrayRef1<A>>,
+    ) -> Result<(), NormError> {
+        self.core
+            .backward_into_with_sum(sum, stats, dy, Some(dsum), dinput, gain_grad, bias_grad)
     }
 }

@@ -105,7 +105,7 @@ mod rows;
 mod serialize;
 mod stats;
 
-pub use crate::core::DEFAULT_EPS;
+pub use crate::core::{ResidualForward, DEFAULT_EPS};
 pub use crate::element::Element;
 pub use crate::error::NormError;
 pub use crate::layer_norm::{LayerNorm, LayerNormGrads};

@@ -125,18 +125,79 @@ fn forward_split<A: Element>(
     );
 }
 
-/// Backward over all rows: writes `dx` and adds the parameter gradients into `totals`.
+/// Elements per chunk of the fused residual forward: a chunk's sums are written and then
+/// normalized while they are still in cache.
+const RESIDUAL_CHUNK_ELEMENTS: usize = 1 << 15;
+
+/// `sum = x + residual` and `out` normalized from `sum`, chunk by chunk, so that the sums are
+/// read back from cache: memory sees x and residual read once and sum and out written once.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_residual<A: Element>(
+    x: &[A],
+    residual: &[A],
+    sum: &mut [A],
+    out: &mut [A],
+    dim: usize,
+    params: Params<'_, A>,
+    eps: A::Stat,
+    stats: RowStatsOut<'_, A::Stat>,
+) {
+    let chunk_rows = (RESIDUAL_CHUNK_ELEMENTS / dim).max(1);
+    let chunk = chunk_rows * dim;
+    type Chunk<'c, A, S> = (
+        (((&'c mut [A], &'c mut [A]), &'c [A]), &'c [A]),
+        (&'c mut [S], &'c mut [S]),
+    );
+    let work = |((((out, sum), x), residual), (mean, inv_std)): Chunk<'_, A, A::Stat>| {
+        for ((sum, &x), &residual) in sum.iter_mut().zip(x).zip(residual) {
+            *sum = x + residual;
+        }
+        let stats = RowStatsOut { mean, inv_std };
+        kernels::forward_rows(Some(&*sum), out, dim, params, eps, Some(stats));
+    };
+    #[cfg(feature = "rayon")]
+    if worth_splitting(out.len()) {
+        use rayon::prelude::*;
+        return out
+            .par_chunks_mut(chunk)
+            .zip(sum.par_chunks_mut(chunk))
+            .zip(x.par_chunks(chunk))
+            .zip(residual.par_chunks(chunk))
+            .zip(
+                stats
+                    .mean
+                    .par_chunks_mut(chunk_rows)
+                    .zip(stats.inv_std.par_chunks_mut(chunk_rows)),
+            )
+            .for_each(work);
+    }
+    out.chunks_mut(chunk)
+        .zip(sum.chunks_mut(chunk))
+        .zip(x.chunks(chunk))
+        .zip(residual.chunks(chunk))
+        .zip(
+            stats
+                .mean
+                .chunks_mut(chunk_rows)
+                .zip(stats.inv_std.chunks_mut(chunk_rows)),
+        )
+        .for_each(work);
+}
+
+/// Backward over all rows: writes `dx` (plus `dsum`, a gradient reaching the normalized input
+/// by another path, when given) and adds the parameter gradients into `totals`.
 pub(crate) fn backward<A: Element>(
     inputs: BackwardRows<'_, A>,
     dx: &mut [A],
     totals: GradTotals<'_, A::Stat>,
+    dsum: Option<&[A]>,
 ) {
     #[cfg(feature = "rayon")]
     if worth_splitting(dx.len()) {
-        return backward_parallel(inputs, dx, totals);
+        return backward_parallel(inputs, dx, totals, dsum);
     }
     let mut scratch = Vec::new();
-    if totals.is_empty() {
+    if totals.is_empty() && dsum.is_none() {
         return kernels::backward_rows(inputs, dx, None, None, &mut scratch);
     }
     let dim = inputs.dim;
@@ -156,6 +217,7 @@ pub(crate) fn backward<A: Element>(
             block_gain.as_deref_mut(),
             block_bias.as_deref_mut(),
             &mut scratch,
+            dsum.map(|dsum| &dsum[start * dim..end * dim]),
         );
         add_into(total_gain.as_deref_mut(), block_gain.as_deref());
         add_into(total_bias.as_deref_mut(), block_bias.as_deref());
@@ -169,6 +231,7 @@ fn block_partial<A: Element>(
     mut partial_gain: Option<&mut [A::Stat]>,
     mut partial_bias: Option<&mut [A::Stat]>,
     scratch: &mut Vec<A>,
+    dsum: Option<&[A]>,
 ) {
     for partial in [partial_gain.as_deref_mut(), partial_bias.as_deref_mut()]
         .into_iter()
@@ -177,6 +240,16 @@ fn block_partial<A: Element>(
         partial.fill(A::Stat::zero());
     }
     kernels::backward_rows(block, dx, partial_gain, partial_bias, scratch);
+    if let Some(dsum) = dsum {
+        add_assign(dx, dsum);
+    }
+}
+
+/// `target += values`, element by element (the block is still in cache).
+pub(crate) fn add_assign<A: Element>(target: &mut [A], values: &[A]) {
+    for (target, &value) in target.iter_mut().zip(values) {
+        *target = *target + value;
+    }
 }
 
 fn add_into<S: Copy + std::ops::Add<Output = S>>(total: Option<&mut [S]>, part: Option<&[S]>) {
@@ -192,6 +265,7 @@ fn backward_parallel<A: Element>(
     inputs: BackwardRows<'_, A>,
     dx: &mut [A],
     totals: GradTotals<'_, A::Stat>,
+    dsum: Option<&[A]>,
 ) {
     let dim = inputs.dim;
     let blocks = inputs.rows().div_ceil(GRAD_BLOCK_ROWS);
@@ -209,6 +283,7 @@ fn backward_parallel<A: Element>(
         dx,
         partial_gain.as_deref_mut(),
         partial_bias.as_deref_mut(),
+        dsum,
         blocks_per_task,
     );
     let GradTotals {
@@ -235,6 +310,7 @@ fn backward_split<A: Element>(
     dx: &mut [A],
     partial_gain: Option<&mut [A::Stat]>,
     partial_bias: Option<&mut [A::Stat]>,
+    dsum: Option<&[A]>,
     blocks_per_task: usize,
 ) {
     let dim = inputs.dim;
@@ -254,6 +330,7 @@ fn backward_split<A: Element>(
                 partial_gain.as_deref_mut().map(|p| &mut p[slot.clone()]),
                 partial_bias.as_deref_mut().map(|p| &mut p[slot]),
                 &mut scratch,
+                dsum.map(|dsum| &dsum[start * dim..end * dim]),
             );
         }
         return;
@@ -265,9 +342,34 @@ fn backward_split<A: Element>(
     let (bias_left, bias_right) = split_option(partial_bias, half_blocks * dim);
     let left = inputs.rows_range(0, half_rows);
     let right = inputs.rows_range(half_rows, rows);
+    let (dsum_left, dsum_right) = match dsum {
+        Some(dsum) => {
+            let (left, right) = dsum.split_at(half_rows * dim);
+            (Some(left), Some(right))
+        }
+        None => (None, None),
+    };
     rayon::join(
-        || backward_split(left, dx_left, gain_left, bias_left, blocks_per_task),
-        || backward_split(right, dx_right, gain_right, bias_right, blocks_per_task),
+        || {
+            backward_split(
+                left,
+                dx_left,
+                gain_left,
+                bias_left,
+                dsum_left,
+                blocks_per_task,
+            )
+        },
+        || {
+            backward_split(
+                right,
+                dx_right,
+                gain_right,
+                bias_right,
+                dsum_right,
+                blocks_per_task,
+            )
+        },
     );
 }
 
