@@ -8,6 +8,10 @@ mod private {
     pub trait Sealed {}
     impl Sealed for f32 {}
     impl Sealed for f64 {}
+    #[cfg(feature = "half")]
+    impl Sealed for half::f16 {}
+    #[cfg(feature = "half")]
+    impl Sealed for half::bf16 {}
 }
 
 /// A floating-point type a [`LayerNorm`](crate::LayerNorm) can store and normalize.
@@ -20,6 +24,7 @@ mod private {
 /// |---|---|---|
 /// | `f32` | `f64` | keeps the mean exact on rows whose mean is large against their spread, and squares cannot overflow |
 /// | `f64` | `f64` | |
+/// | `half::f16`, `half::bf16` (feature `half`) | `f32` | rows are widened to f32 and run through the f32 kernels; outputs are rounded to half once |
 pub trait Element:
     private::Sealed
     + Copy
@@ -119,3 +124,49 @@ impl Element for f64 {
 
     simd_kernels!();
 }
+
+/// f16 and bf16 run the f32 kernels on rows widened to f32.
+#[cfg(feature = "half")]
+macro_rules! half_element {
+    ($half:ty) => {
+        impl Element for $half {
+            type Stat = f32;
+
+            #[inline(always)]
+            fn to_stat(self) -> f32 {
+                self.to_f32()
+            }
+
+            #[inline(always)]
+            fn from_stat(value: f32) -> Self {
+                <$half>::from_f32(value)
+            }
+
+            fn forward_rows(
+                x: Option<&[Self]>,
+                out: &mut [Self],
+                dim: usize,
+                params: Params<'_, Self>,
+                eps: f32,
+                stats: Option<RowStatsOut<'_, f32>>,
+            ) {
+                crate::kernels::half::forward_rows(x, out, dim, params, eps, stats);
+            }
+
+            fn backward_rows(
+                rows: BackwardRows<'_, Self>,
+                dx: &mut [Self],
+                partial_gain: Option<&mut [f32]>,
+                partial_bias: Option<&mut [f32]>,
+                _scratch: &mut Vec<Self>,
+            ) {
+                crate::kernels::half::backward_rows(rows, dx, partial_gain, partial_bias);
+            }
+        }
+    };
+}
+
+#[cfg(feature = "half")]
+half_element!(half::f16);
+#[cfg(feature = "half")]
+half_element!(half::bf16);

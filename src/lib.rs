@@ -82,6 +82,7 @@
 //! | feature | default | adds |
 //! |---|---|---|
 //! | `rayon` | yes | splits inputs of 65 536 elements or more across rayon's thread pool (bitwise identical results) |
+//! | `half` | no | [`Element`] for `half::f16` and `half::bf16`: statistics and arithmetic in f32, outputs rounded to half once |
 //! | `serde` | no | `Serialize`/`Deserialize` for [`LayerNorm`] and [`RmsNorm`] as `{ dim, eps, gain, bias }`, validated on load |
 //!
 //! # Reference

@@ -4,6 +4,8 @@
 //! `scalar` is the specification; `simd` is the fast path for `f32` and `f64`, chosen per
 //! element type through [`Element`]'s kernel hooks and per CPU at run time.
 
+#[cfg(feature = "half")]
+pub(crate) mod half;
 pub(crate) mod scalar;
 pub(crate) mod simd;
 

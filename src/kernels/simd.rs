@@ -164,7 +164,7 @@ const SHORT_ROW_BLOCK: usize = 16;
 const SAMPLE: usize = 32;
 
 /// Rows whose parameter gradients are summed in the data type before folding into f64.
-const FOLD_ROWS: usize = 8;
+pub(crate) const FOLD_ROWS: usize = 8;
 
 /// The sum of the accumulators' lanes, widened to f64. The additions across lanes round in the
 /// data type, which costs at most a few ulps of a block's partial sum: negligible for sums of
