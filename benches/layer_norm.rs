@@ -8,7 +8,7 @@
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use layernorm::{Element, LayerNorm, NormStats};
+use layernorm::{Element, LayerNorm, NormStats, RmsNorm};
 use ndarray::{Array1, Array2, Axis, Zip};
 use num_traits::{Float, FromPrimitive};
 use rand::rngs::StdRng;
@@ -271,12 +271,78 @@ fn bench_residual(c: &mut Criterion) {
     group.finish();
 }
 
+/// RmsNorm shares LayerNorm's kernels without the centering: forward_into and backward_into,
+/// f32, one thread, next to the same ceilings (2 and 3 streams of the same bytes).
+fn bench_rms(c: &mut Criterion) {
+    let mut group = configured(c, "rms_norm/f32".to_string());
+    let pools = pools();
+    let one_thread = &pools[0].1;
+    for (rows, cols) in [(512, 1024), (4096, 1024), (8192, 4096)] {
+        let shape = format!("{rows}x{cols}");
+        let x = random::<f32>(rows, cols, 6);
+        let dy = random::<f32>(rows, cols, 7);
+        let rms = RmsNorm::<f32>::new(cols).expect("valid");
+        let (_, stats) = rms.forward_with_stats(&x).expect("valid");
+        let mut out = Array2::<f32>::zeros((rows, cols));
+        let mut gain_grad = Array1::<f32>::zeros(cols);
+        group.throughput(Throughput::Bytes(
+            (2 * rows * cols * size_of::<f32>()) as u64,
+        ));
+        group.bench_function(BenchmarkId::new("forward_into/1t", &shape), |b| {
+            b.iter_custom(|iters| {
+                time_in(one_thread, iters, || {
+                    rms.forward_into(black_box(&x), &mut out).expect("valid")
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("ceiling_a_x_plus_b/1t", &shape), |b| {
+            b.iter_custom(|iters| {
+                time_in(one_thread, iters, || {
+                    Zip::from(&mut out)
+                        .and(black_box(&x))
+                        .for_each(|y, &x| *y = 1.5 * x + 0.25)
+                })
+            })
+        });
+        group.throughput(Throughput::Bytes(
+            (3 * rows * cols * size_of::<f32>()) as u64,
+        ));
+        group.bench_function(BenchmarkId::new("backward_into/1t", &shape), |b| {
+            b.iter_custom(|iters| {
+                time_in(one_thread, iters, || {
+                    rms.backward_into(
+                        black_box(&x),
+                        &stats,
+                        black_box(&dy),
+                        &mut out,
+                        Some(&mut gain_grad),
+                        None,
+                    )
+                    .expect("valid")
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("ceiling_3_stream/1t", &shape), |b| {
+            b.iter_custom(|iters| {
+                time_in(one_thread, iters, || {
+                    Zip::from(&mut out)
+                        .and(black_box(&x))
+                        .and(black_box(&dy))
+                        .for_each(|o, &x, &dy| *o = 1.5 * x + 0.25 * dy)
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     bench_forward::<f32>(c, "f32");
     bench_forward::<f64>(c, "f64");
     bench_backward::<f32>(c, "f32");
     bench_backward::<f64>(c, "f64");
     bench_residual(c);
+    bench_rms(c);
 }
 
 criterion_group!(layer_norm, benches);

@@ -85,6 +85,24 @@
 //! | `half` | no | [`Element`] for `half::f16` and `half::bf16`: statistics and arithmetic in f32, outputs rounded to half once |
 //! | `serde` | no | `Serialize`/`Deserialize` for [`LayerNorm`] and [`RmsNorm`] as `{ dim, eps, gain, bias }`, validated on load |
 //!
+//! With the feature `half`, f16 and bf16 data work the same way (statistics in f32):
+//!
+//! ```
+//! # #[cfg(feature = "half")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use half::f16;
+//! use layernorm::LayerNorm;
+//! let ln = LayerNorm::<f16>::new(3)?;
+//! let x = ndarray::array![[1.0, 2.0, 3.0]].mapv(f16::from_f32);
+//! let (y, stats) = ln.forward_with_stats(&x)?;
+//! assert_eq!(y[[0, 2]], f16::from_f32(1.2247));        // the f32 result, rounded once
+//! let _: f32 = stats.mean()[0];                          // statistics in f32
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "half"))]
+//! # fn main() {}
+//! ```
+//!
 //! # Reference
 //!
 //! Jimmy Lei Ba, Jamie Ryan Kiros, Geoffrey E. Hinton. *Layer Normalization.* arXiv:1607.06450,
