@@ -1,0 +1,135 @@
+//! No hidden allocations: a counting global allocator shows that `forward_into`,
+//! `forward_inplace` and `backward_into` allocate nothing that grows with the number of rows on
+//! the serial path (forward: nothing at all), and measures what the parallel path allocates.
+
+use layernorm::{LayerNorm, NormStats, RmsNorm};
+use ndarray::{Array1, Array2, Ix1};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The system allocator, counting the bytes requested.
+struct Counting;
+
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter only observes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with this layout, as the caller guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Bytes allocated while `work` runs (the work runs on the calling thread).
+fn allocated_by(work: impl FnOnce()) -> usize {
+    let before = ALLOCATED.load(Ordering::SeqCst);
+    work();
+    ALLOCATED.load(Ordering::SeqCst) - before
+}
+
+struct Buffers {
+    x: Array2<f32>,
+    dy: Array2<f32>,
+    out: Array2<f32>,
+    stats: NormStats<f64, Ix1>,
+    gain_grad: Array1<f32>,
+    bias_grad: Array1<f32>,
+}
+
+fn buffers(rows: usize, dim: usize) -> Buffers {
+    let x = Array2::from_shape_fn((rows, dim), |(r, c)| ((r * 7 + c * 3) % 11) as f32 - 5.0);
+    Buffers {
+        dy: x.mapv(|v| v * 0.5 + 1.0),
+        out: Array2::zeros((rows, dim)),
+        stats: NormStats::zeros(Ix1(rows)),
+        gain_grad: Array1::zeros(dim),
+        bias_grad: Array1::zeros(dim),
+        x,
+    }
+}
+
+/// Bytes allocated by each training-loop call on `rows` × `dim`, in a pool of `threads`.
+fn measure(rows: usize, dim: usize, threads: usize) -> [usize; 4] {
+    let ln = LayerNorm::<f32>::new(dim).expect("valid");
+    let mut b = buffers(rows, dim);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    pool.install(|| {
+        // Warm up once so lazily initialised state (CPU detection, thread-locals) is not counted.
+        ln.forward_with_stats_into(&b.x, &mut b.out, &mut b.stats)
+            .expect("valid");
+        [
+            allocated_by(|| ln.forward_into(&b.x, &mut b.out).expect("valid")),
+            allocated_by(|| {
+                ln.forward_with_stats_into(&b.x, &mut b.out, &mut b.stats)
+                    .expect("valid")
+            }),
+            allocated_by(|| ln.forward_inplace(&mut b.out).expect("valid")),
+            allocated_by(|| {
+                ln.backward_into(
+                    &b.x,
+                    &b.stats,
+                    &b.dy,
+                    &mut b.out,
+                    Some(&mut b.gain_grad),
+                    Some(&mut b.bias_grad),
+                )
+                .expect("valid")
+            }),
+        ]
+    })
+}
+
+/// One test function, so that no other test thread allocates while the counter is read.
+#[test]
+fn training_loop_calls_allocate_nothing_that_grows_with_the_rows() {
+    let dim = 256;
+    let small = measure(64, dim, 1);
+    let large = measure(2048, dim, 1);
+    println!("serial, dim {dim}: 64 rows {small:?} bytes, 2048 rows {large:?} bytes");
+    assert_eq!(&small[..3], &[0, 0, 0], "forward paths allocate nothing");
+    assert_eq!(&large[..3], &[0, 0, 0], "forward paths allocate nothing");
+    assert_eq!(
+        small[3], large[3],
+        "backward allocates the same for 64 and 2048 rows"
+    );
+    // Two f64 totals, two f64 block sums and the kernel's f32 scratch: a few times dim.
+    assert!(
+        large[3] <= 8 * dim * 8,
+        "backward allocates {} bytes",
+        large[3]
+    );
+
+    let rms = RmsNorm::<f32>::new(dim).expect("valid");
+    let mut b = buffers(1024, dim);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let bytes = pool.install(|| {
+        rms.forward_into(&b.x, &mut b.out).expect("valid");
+        allocated_by(|| rms.forward_into(&b.x, &mut b.out).expect("valid"))
+    });
+    assert_eq!(bytes, 0, "RmsNorm forward_into");
+
+    // Two threads, above the parallel threshold: what rayon's path allocates.
+    let rows = 2048;
+    let parallel = measure(rows, dim, 2);
+    println!("2 threads, {rows}x{dim}: {parallel:?} bytes");
+    // Forward: rayon's join keeps its jobs on the stack. Backward: one f64 row of parameter
+    // sums per block of 64 rows and parameter, plus a scratch row per task.
+    let blocks = rows / 64;
+    assert!(parallel[0] <= 4096 && parallel[2] <= 4096, "{parallel:?}");
+    assert!(parallel[3] <= (2 * blocks + 16) * dim * 8, "{parallel:?}");
+}
