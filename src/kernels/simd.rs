@@ -347,7 +347,11 @@ fn finish_stats<T: SimdFloat>(
 ) -> StatsStep<T> {
     let correction = if centered { sum / n } else { 0.0 };
     let variance = sum_of_squares / n - correction * correction;
+    // Every |x − mean| is at most √S₂ (plus the tiny correction): below a quarter of the data
+    // type's maximum, the deviations formed in the data type later cannot overflow. (S₂ is
+    // partly summed in f64, so it can be finite where a deviation would not be.)
     let reliable = sum_of_squares.is_finite()
+        && sum_of_squares.sqrt() < T::max_value().to_stat() / 4.0
         && (sum_of_squares >= T::TINY_SUM_OF_SQUARES || eps >= T::EPS_DWARFING_TINY);
     if !reliable {
         return StatsStep::Fallback;

@@ -1,0 +1,261 @@
+//! Adversarial inputs for every public entry point: arbitrary shapes (zero-length axes,
+//! one-element rows), layouts (stepped, negative, transposed, 3-D views), eps, and data with
+//! NaN, ±Inf, subnormals, ±MAX and mixtures. Every call returns Ok or a NormError (a panic fails
+//! the property), never changes another row's result, and gives finite results for finite
+//! inputs with eps > 0.
+
+use layernorm::{LayerNorm, NormError, RmsNorm};
+use ndarray::{s, Array2, Array3, ArrayView2};
+use proptest::prelude::*;
+
+/// A value drawn from the awkward corners of f32 as well as ordinary numbers.
+fn value() -> impl Strategy<Value = f32> + Clone {
+    prop_oneof![
+        4 => -10.0f32..10.0,
+        1 => Just(f32::NAN),
+        1 => Just(f32::INFINITY),
+        1 => Just(f32::NEG_INFINITY),
+        1 => Just(f32::MAX),
+        1 => Just(-f32::MAX),
+        1 => Just(f32::MIN_POSITIVE / 4.0), // subnormal
+        1 => Just(0.0f32),
+        1 => -1e30f32..1e30,
+        1 => 1e4f32..1e4 + 1.0,
+    ]
+}
+
+/// A finite value from every magnitude f32 has.
+fn finite_value() -> impl Strategy<Value = f32> + Clone {
+    prop_oneof![
+        3 => -10.0f32..10.0,
+        1 => Just(f32::MAX),
+        1 => Just(-f32::MAX),
+        1 => Just(f32::MIN_POSITIVE / 4.0),
+        1 => -1e30f32..1e30,
+        1 => 1e6f32..1e6 + 64.0,
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    rows: usize,
+    dim: usize,
+    data: Vec<f32>,
+    eps: f64,
+    layout: u8,
+}
+
+fn case(values: impl Strategy<Value = f32> + Clone + 'static) -> impl Strategy<Value = Case> {
+    (
+        0usize..6,
+        1usize..40,
+        prop_oneof![Just(0.0), Just(1e-5), 0.0..1.0f64],
+        0u8..4,
+    )
+        .prop_flat_map(move |(rows, dim, eps, layout)| {
+            // A square base with room for stepped, reversed and transposed views.
+            let side = 2 * rows.max(dim).max(1);
+            let len = side * side;
+            (
+                Just(rows),
+                Just(dim),
+                prop::collection::vec(values.clone(), len),
+                Just(eps),
+                Just(layout),
+            )
+        })
+        .prop_map(|(rows, dim, data, eps, layout)| Case {
+            rows,
+            dim,
+            data,
+            eps,
+            layout,
+        })
+}
+
+/// The square matrix the case's views are cut from.
+fn base_of(case: &Case) -> Array2<f32> {
+    let side = 2 * case.rows.max(case.dim).max(1);
+    Array2::from_shape_vec((side, side), case.data.clone()).expect("sized")
+}
+
+/// The case's input as one of four layouts of a (rows, dim) matrix.
+fn input(case: &Case) -> (Array2<f32>, u8) {
+    let (rows, dim) = (case.rows, case.dim);
+    let base = base_of(case);
+    let view: ArrayView2<f32> = match case.layout {
+        0 => base.slice(s![..rows, ..dim]),
+        1 => base.slice(s![..2 * rows;2, ..2 * dim;2]), // stepped
+        2 => base.slice(s![..rows;-1, ..dim;-1]),       // negative strides
+        _ => base.t().slice_move(s![..rows, ..dim]),    // transposed
+    };
+    (view.to_owned(), case.layout)
+}
+
+/// Runs every entry point of a layer on the case's view and returns the forward output and the
+/// input gradient; `Err` names what failed (a NormError where none was expected, or results
+/// that differ between entry points).
+macro_rules! run_all {
+    ($layer:expr, $case:expr) => {
+        (|| -> Result<(Array2<f32>, Array2<f32>), String> {
+            let layer = $layer;
+            let case: &Case = $case;
+            let (x, _) = input(case);
+            let (rows, dim) = (case.rows, case.dim);
+            let base = base_of(case);
+            let view = match case.layout {
+                0 => base.slice(s![..rows, ..dim]),
+                1 => base.slice(s![..2 * rows;2, ..2 * dim;2]),
+                2 => base.slice(s![..rows;-1, ..dim;-1]),
+                _ => base.t().slice_move(s![..rows, ..dim]),
+            };
+            let error = |e: NormError| e.to_string();
+            let (y, stats) = layer.forward_with_stats(&view).map_err(error)?;
+            let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+            check(same(&layer.forward(&x).map_err(error)?, &y), "forward != forward_with_stats")?;
+            let mut out = Array2::<f32>::zeros((rows, dim));
+            layer.forward_into(&view, &mut out).map_err(error)?;
+            check(same(&out, &y), "forward_into differs")?;
+            let mut inplace = x.clone();
+            layer.forward_inplace(&mut inplace).map_err(error)?;
+            check(same(&inplace, &y), "forward_inplace differs")?;
+            let dy = x.mapv(|v| if v.is_finite() { (v * 0.001).clamp(-1.0, 1.0) } else { 0.5 });
+            let grads = layer.backward(&view, &stats, &dy).map_err(error)?;
+            let step = layer.forward_residual(&view, &x).map_err(error)?;
+            layer.backward_residual(&step.sum, &step.stats, &dy, &dy).map_err(error)?;
+            let wrong = Array2::<f32>::zeros((rows + 1, dim));
+            let mismatch = layer.backward(&view, &stats, &wrong);
+            check(matches!(mismatch, Err(NormError::ShapeMismatch { .. })), "mismatch accepted")?;
+            Ok((y, grads.input))
+        })()
+    };
+}
+
+fn same(a: &Array2<f32>, b: &Array2<f32>) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()))
+}
+
+fn check_layers(case: &Case, finite: bool) -> Result<(), TestCaseError> {
+    let dim = case.dim;
+    let ln = LayerNorm::<f32>::new(dim)
+        .and_then(|l| l.with_eps(case.eps))
+        .expect("valid");
+    let rms = RmsNorm::<f32>::new(dim)
+        .and_then(|l| l.with_eps(case.eps))
+        .expect("valid");
+    let results = [
+        run_all!(&ln, case).map_err(|e| TestCaseError::fail(format!("LayerNorm: {e}")))?,
+        run_all!(&rms, case).map_err(|e| TestCaseError::fail(format!("RmsNorm: {e}")))?,
+    ];
+    let (x, _) = input(case);
+    for (which, (y, dx)) in results.iter().enumerate() {
+        for row in 0..case.rows {
+            let row_finite = x.row(row).iter().all(|v| v.is_finite());
+            if finite && case.eps > 0.0 && row_finite {
+                prop_assert!(
+                    y.row(row).iter().all(|v| v.is_finite()),
+                    "layer {which} row {row}: y {}",
+                    y.row(row)
+                );
+                prop_assert!(
+                    dx.row(row).iter().all(|v| v.is_finite()),
+                    "layer {which} row {row}: dx {}",
+                    dx.row(row)
+                );
+            }
+        }
+    }
+    // Row confinement: the same rows computed alone give the same bits.
+    for row in 0..case.rows {
+        let single = x.slice(s![row..row + 1, ..]);
+        let y_alone = ln
+            .forward(&single)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(
+            same(
+                &y_alone,
+                &results[0].0.slice(s![row..row + 1, ..]).to_owned()
+            ),
+            "row {row} depends on others"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    // 128 cases each under `cargo test` (debug builds are slow); soak runs raise it with
+    // PROPTEST_CASES, e.g. `PROPTEST_CASES=20000 cargo test --release --test adversarial`.
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn every_call_on_any_data_is_ok_or_an_error_and_stays_in_its_row(case in case(value())) {
+        check_layers(&case, false)?;
+    }
+
+    #[test]
+    fn finite_inputs_with_positive_eps_give_finite_results(case in case(finite_value())) {
+        check_layers(&case, true)?;
+    }
+}
+
+#[test]
+fn zero_eps_constant_rows_are_nan_on_every_path_and_thread_count() {
+    // The one answer for σ² = 0 with ε = 0: r = +Inf and x̂ = 0 · Inf = NaN, for y and dx.
+    for dim in [1, 7, 64, 300, 1000] {
+        let x = Array3::<f32>::from_elem((70, 2, dim), 3.5);
+        let ln = LayerNorm::<f32>::new(dim)
+            .expect("valid")
+            .with_eps(0.0)
+            .expect("valid");
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let (y, stats) = pool.install(|| ln.forward_with_stats(&x)).expect("valid");
+            assert!(y.iter().all(|v| v.is_nan()), "dim {dim}, {threads} threads");
+            assert!(stats.inv_std().iter().all(|r| *r == f64::INFINITY));
+            let dx = pool
+                .install(|| ln.backward(&x, &stats, &x))
+                .expect("valid")
+                .input;
+            assert!(
+                dx.iter().all(|v| v.is_nan()),
+                "dim {dim}, {threads} threads: dx"
+            );
+            let mut lanes = x.clone();
+            ln.forward_inplace(&mut lanes.view_mut().permuted_axes([1, 0, 2]))
+                .expect("valid");
+            assert!(lanes.iter().all(|v| v.is_nan()));
+        }
+    }
+}
+
+#[test]
+fn rows_mixing_max_and_zero_stay_finite_in_short_rows() {
+    // Found by the property above: a row shorter than one vector, whose values are summed in
+    // f64 but whose deviations were formed in f32, overflowed to Inf in the output.
+    let row = [-f32::MAX, 0.0, -f32::MAX, 0.0, 0.0, 0.0, f32::MAX];
+    for dim in [7, 9, 17, 33] {
+        let mut x = vec![0.0f32; dim];
+        x[..7].copy_from_slice(&row);
+        let x = Array2::from_shape_vec((1, dim), x).expect("sized");
+        {
+            let ln = LayerNorm::<f32>::new(dim).expect("valid");
+            let (y, stats) = ln.forward_with_stats(&x).expect("valid");
+            assert!(y.iter().all(|v| v.is_finite()), "dim {dim}: {y}");
+            let dx = ln
+                .backward(&x, &stats, &x.mapv(|_| 1.0))
+                .expect("valid")
+                .input;
+            assert!(dx.iter().all(|v| v.is_finite()), "dim {dim}: {dx}");
+        }
+        let y = RmsNorm::<f32>::new(dim)
+            .expect("valid")
+            .forward(&x)
+            .expect("valid");
+        assert!(y.iter().all(|v| v.is_finite()), "RmsNorm dim {dim}: {y}");
+    }
+}
