@@ -295,3 +295,78 @@ fn f64_rows_near_the_maximum_are_normalized_not_flattened() {
         );
     }
 }
+
+/// The accuracy contract over row lengths and magnitudes (f32 data, f64 reference on the same
+/// inputs, errors in ulps of each output's scale as above, eps = 0 so tiny rows normalize).
+#[test]
+fn accuracy_holds_across_row_lengths_and_magnitudes() {
+    println!("f32, eps 0: error in ulps of the output scale");
+    println!("{:<28} {:>6} {:>6}", "rows", "y", "dx");
+    let mut worst = (0.0f64, 0.0f64);
+    let lengths = [1usize, 2, 3, 7, 64, 1000, 4096, 1 << 16, 1 << 22];
+    for (seed, &len) in lengths.iter().enumerate() {
+        let rows = (1 << 16) / len.min(1 << 16) + usize::from(len > 1 << 16);
+        let rows = rows.clamp(1, 4);
+        let x = {
+            let mut rng = common::rng(200 + seed as u64);
+            common::normal_matrix(&mut rng, rows, len, 3.0, 2.0).mapv(|v| v as f32)
+        };
+        let (y, dx) = errors(&x, 300 + seed as u64);
+        println!(
+            "{:<28} {y:>6.2} {dx:>6.2}",
+            format!("{rows} × {len}, 3 + 2·N(0,1)")
+        );
+        worst = (worst.0.max(y), worst.1.max(dx));
+    }
+    for (seed, magnitude) in [1e-30f64, 1e-10, 1e10, 1e30].into_iter().enumerate() {
+        let x = {
+            let mut rng = common::rng(400 + seed as u64);
+            common::normal_matrix(&mut rng, 4, 1000, 0.0, magnitude).mapv(|v| v as f32)
+        };
+        let (y, dx) = errors(&x, 500 + seed as u64);
+        println!(
+            "{:<28} {y:>6.2} {dx:>6.2}",
+            format!("4 × 1000, {magnitude:e}·N(0,1)")
+        );
+        worst = (worst.0.max(y), worst.1.max(dx));
+    }
+    println!("worst: y {:.2}, dx {:.2} ulps", worst.0, worst.1);
+    assert!(
+        worst.0 <= ULPS_ALLOWED && worst.1 <= ULPS_ALLOWED,
+        "{worst:?}"
+    );
+}
+
+/// Max errors of y and dx (no gain or bias, eps 0) against the f64 reference, in ulps of each
+/// row's output scale; dx is judged against r · max|dy| (its natural scale, as in the kernel
+/// tests) because it can cancel to almost nothing.
+fn errors(x: &Array2<f32>, seed: u64) -> (f64, f64) {
+    let (rows, dim) = x.dim();
+    let mut rng = common::rng(seed);
+    let dy = common::normal_matrix(&mut rng, rows, dim, 0.0, 1.0).mapv(|v| v as f32);
+    let ln = LayerNorm::<f32>::new_without_affine(dim)
+        .expect("valid")
+        .with_eps(0.0)
+        .expect("valid");
+    let (y, stats) = ln.forward_with_stats(x).expect("valid");
+    let dx = ln.backward(x, &stats, &dy).expect("valid").input;
+    let (mut worst_y, mut worst_dx) = (0.0f64, 0.0f64);
+    for row in 0..rows {
+        let x64: Vec<f64> = x.row(row).iter().map(|&v| f64::from(v)).collect();
+        let dy64: Vec<f64> = dy.row(row).iter().map(|&v| f64::from(v)).collect();
+        if x64.iter().all(|v| *v == x64[0]) {
+            continue; // constant rows (one element) have no defined x̂ with eps = 0
+        }
+        let y_ref = common::reference_forward_row(&x64, None, None, 0.0);
+        let (dx_ref, _, _) = common::reference_backward_row(&x64, None, 0.0, &dy64);
+        let y_row: Vec<f64> = y.row(row).iter().map(|&v| f64::from(v)).collect();
+        let dx_row: Vec<f64> = dx.row(row).iter().map(|&v| f64::from(v)).collect();
+        worst_y = worst_y.max(error_in_ulps(&y_row, &y_ref));
+        let mean = x64.iter().sum::<f64>() / dim as f64;
+        let r =
+            1.0 / (x64.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / dim as f64).sqrt();
+        let scale = r * common::max_abs(&dy64);
+        worst_dx = worst_dx.max(common::max_abs_diff(&dx_row, &dx_ref) / ulp_f32(scale));
+    }
+    (worst_y, worst_dx)
+}
