@@ -114,14 +114,33 @@ fn check_case(case: &Case) -> Result<(), TestCaseError> {
         .gain()
         .map_or(1.0, |g| g.iter().fold(0.0f64, |m, v| m.max(v.abs())));
 
-    // dx, element by element.
+    // dx, element by element. Besides 1e-6 of the gradient scale, the tolerance admits the
+    // rounding of the loss itself: y carries errors of ulp(max|x|)/σ relative to its scale, so
+    // the central difference carries that times Σ|w|·|gain| / h. It matters only for rows whose
+    // offset is ~1e5 times their spread (found by a 20 000-case soak run); the analytic value
+    // was then checked to 1e-11 against a 50-digit computation.
+    let flat_x = x
+        .to_shape((x.len() / dim, dim))
+        .expect("standard layout")
+        .to_owned();
+    let flat_w = w
+        .to_shape((w.len() / dim, dim))
+        .expect("standard layout")
+        .to_owned();
     common::check_input_gradient(
         |x| ln.forward(x).expect("valid input"),
         &x,
         &w,
         &grads.input,
         |row| 1e-5 * scales[row],
-        |row| 1e-6 * max_gain.max(1e-3) / scales[row],
+        |row| {
+            let magnitude = flat_x.row(row).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let weights = flat_w.row(row).iter().map(|v| v.abs()).sum::<f64>();
+            let rounding =
+                16.0 * f64::EPSILON * (magnitude / scales[row] + 1.0) * weights * max_gain
+                    / (1e-5 * scales[row]);
+            1e-6 * max_gain.max(1e-3) / scales[row] + rounding
+        },
     )
     .map_err(TestCaseError::fail)?;
 
@@ -168,7 +187,8 @@ fn check_case(case: &Case) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // eps = 0 draws some nearly constant rows, which are skipped (about 5% of cases).
+    #![proptest_config(ProptestConfig { max_global_rejects: 1 << 20, ..ProptestConfig::with_cases(256) })]
 
     #[test]
     fn dx_dgain_dbias_match_central_finite_differences(case in case()) {

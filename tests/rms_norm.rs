@@ -210,7 +210,8 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // eps = 0 draws some nearly constant rows, which are skipped (about 5% of cases).
+    #![proptest_config(ProptestConfig { max_global_rejects: 1 << 20, ..ProptestConfig::with_cases(256) })]
 
     /// Step `1e-5 · √(mean(x²) + ε)` of the row; tolerance 1e-6 of the gradient scale
     /// `max|gain| / √(mean(x²) + ε)` (truncation ~1e-10, rounding ~1e-8 of it).
