@@ -4,35 +4,85 @@
 //! the property), never changes another row's result, and gives finite results for finite
 //! inputs with eps > 0.
 
-use layernorm::{LayerNorm, NormError, RmsNorm};
+use layernorm::{Element, LayerNorm, NormError, RmsNorm};
 use ndarray::{s, Array2, Array3, ArrayView2};
+use num_traits::Float;
 use proptest::prelude::*;
 
-/// A value drawn from the awkward corners of f32 as well as ordinary numbers.
-fn value() -> impl Strategy<Value = f32> + Clone {
+/// A value from the awkward corners of a float type, or an ordinary number; turned into a
+/// value of the element type under test by [`Kind::value`].
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Number(f64),
+    Nan,
+    Infinity,
+    NegInfinity,
+    Max,
+    NegMax,
+    Subnormal,
+    Zero,
+    /// A fraction of the type's square root of its maximum: squares near overflow.
+    Huge(f64),
+    /// Near 1e4: a large offset.
+    Offset(f64),
+}
+
+trait Adversarial: Element + Float {
+    fn from_f64(value: f64) -> Self;
+}
+
+impl Adversarial for f32 {
+    fn from_f64(value: f64) -> Self {
+        value as f32
+    }
+}
+
+impl Adversarial for f64 {
+    fn from_f64(value: f64) -> Self {
+        value
+    }
+}
+
+impl Kind {
+    fn value<T: Adversarial>(self) -> T {
+        match self {
+            Kind::Number(v) => T::from_f64(v),
+            Kind::Nan => T::nan(),
+            Kind::Infinity => T::infinity(),
+            Kind::NegInfinity => T::neg_infinity(),
+            Kind::Max => T::max_value(),
+            Kind::NegMax => T::min_value(),
+            Kind::Subnormal => T::min_positive_value() / T::from_f64(4.0),
+            Kind::Zero => T::zero(),
+            Kind::Huge(fraction) => T::max_value().sqrt() * T::from_f64(fraction),
+            Kind::Offset(v) => T::from_f64(1e4 + v),
+        }
+    }
+}
+
+fn any_kind() -> impl Strategy<Value = Kind> + Clone {
     prop_oneof![
-        4 => -10.0f32..10.0,
-        1 => Just(f32::NAN),
-        1 => Just(f32::INFINITY),
-        1 => Just(f32::NEG_INFINITY),
-        1 => Just(f32::MAX),
-        1 => Just(-f32::MAX),
-        1 => Just(f32::MIN_POSITIVE / 4.0), // subnormal
-        1 => Just(0.0f32),
-        1 => -1e30f32..1e30,
-        1 => 1e4f32..1e4 + 1.0,
+        4 => (-10.0..10.0f64).prop_map(Kind::Number),
+        1 => Just(Kind::Nan),
+        1 => Just(Kind::Infinity),
+        1 => Just(Kind::NegInfinity),
+        1 => Just(Kind::Max),
+        1 => Just(Kind::NegMax),
+        1 => Just(Kind::Subnormal),
+        1 => Just(Kind::Zero),
+        1 => (-4.0..4.0f64).prop_map(Kind::Huge),
+        1 => (0.0..1.0f64).prop_map(Kind::Offset),
     ]
 }
 
-/// A finite value from every magnitude f32 has.
-fn finite_value() -> impl Strategy<Value = f32> + Clone {
+fn finite_kind() -> impl Strategy<Value = Kind> + Clone {
     prop_oneof![
-        3 => -10.0f32..10.0,
-        1 => Just(f32::MAX),
-        1 => Just(-f32::MAX),
-        1 => Just(f32::MIN_POSITIVE / 4.0),
-        1 => -1e30f32..1e30,
-        1 => 1e6f32..1e6 + 64.0,
+        3 => (-10.0..10.0f64).prop_map(Kind::Number),
+        1 => Just(Kind::Max),
+        1 => Just(Kind::NegMax),
+        1 => Just(Kind::Subnormal),
+        1 => (-4.0..4.0f64).prop_map(Kind::Huge),
+        1 => (0.0..1.0f64).prop_map(Kind::Offset),
     ]
 }
 
@@ -40,12 +90,12 @@ fn finite_value() -> impl Strategy<Value = f32> + Clone {
 struct Case {
     rows: usize,
     dim: usize,
-    data: Vec<f32>,
+    data: Vec<Kind>,
     eps: f64,
     layout: u8,
 }
 
-fn case(values: impl Strategy<Value = f32> + Clone + 'static) -> impl Strategy<Value = Case> {
+fn case(values: impl Strategy<Value = Kind> + Clone + 'static) -> impl Strategy<Value = Case> {
     (
         0usize..6,
         1usize..40,
@@ -74,16 +124,17 @@ fn case(values: impl Strategy<Value = f32> + Clone + 'static) -> impl Strategy<V
 }
 
 /// The square matrix the case's views are cut from.
-fn base_of(case: &Case) -> Array2<f32> {
+fn base_of<T: Adversarial>(case: &Case) -> Array2<T> {
     let side = 2 * case.rows.max(case.dim).max(1);
-    Array2::from_shape_vec((side, side), case.data.clone()).expect("sized")
+    let values = case.data.iter().map(|kind| kind.value::<T>()).collect();
+    Array2::from_shape_vec((side, side), values).expect("sized")
 }
 
 /// The case's input as one of four layouts of a (rows, dim) matrix.
-fn input(case: &Case) -> (Array2<f32>, u8) {
+fn input<T: Adversarial>(case: &Case) -> (Array2<T>, u8) {
     let (rows, dim) = (case.rows, case.dim);
-    let base = base_of(case);
-    let view: ArrayView2<f32> = match case.layout {
+    let base = base_of::<T>(case);
+    let view: ArrayView2<T> = match case.layout {
         0 => base.slice(s![..rows, ..dim]),
         1 => base.slice(s![..2 * rows;2, ..2 * dim;2]), // stepped
         2 => base.slice(s![..rows;-1, ..dim;-1]),       // negative strides
@@ -96,13 +147,13 @@ fn input(case: &Case) -> (Array2<f32>, u8) {
 /// input gradient; `Err` names what failed (a NormError where none was expected, or results
 /// that differ between entry points).
 macro_rules! run_all {
-    ($layer:expr, $case:expr) => {
-        (|| -> Result<(Array2<f32>, Array2<f32>), String> {
+    ($float:ty, $layer:expr, $case:expr) => {
+        (|| -> Result<(Array2<$float>, Array2<$float>), String> {
             let layer = $layer;
             let case: &Case = $case;
-            let (x, _) = input(case);
+            let (x, _) = input::<$float>(case);
             let (rows, dim) = (case.rows, case.dim);
-            let base = base_of(case);
+            let base = base_of::<$float>(case);
             let view = match case.layout {
                 0 => base.slice(s![..rows, ..dim]),
                 1 => base.slice(s![..2 * rows;2, ..2 * dim;2]),
@@ -113,17 +164,17 @@ macro_rules! run_all {
             let (y, stats) = layer.forward_with_stats(&view).map_err(error)?;
             let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
             check(same(&layer.forward(&x).map_err(error)?, &y), "forward != forward_with_stats")?;
-            let mut out = Array2::<f32>::zeros((rows, dim));
+            let mut out = Array2::<$float>::zeros((rows, dim));
             layer.forward_into(&view, &mut out).map_err(error)?;
             check(same(&out, &y), "forward_into differs")?;
             let mut inplace = x.clone();
             layer.forward_inplace(&mut inplace).map_err(error)?;
             check(same(&inplace, &y), "forward_inplace differs")?;
-            let dy = x.mapv(|v| if v.is_finite() { (v * 0.001).clamp(-1.0, 1.0) } else { 0.5 });
+            let dy = x.mapv(|v: $float| if v.is_finite() { (v * 0.001).clamp(-1.0, 1.0) } else { 0.5 });
             let grads = layer.backward(&view, &stats, &dy).map_err(error)?;
             let step = layer.forward_residual(&view, &x).map_err(error)?;
             layer.backward_residual(&step.sum, &step.stats, &dy, &dy).map_err(error)?;
-            let wrong = Array2::<f32>::zeros((rows + 1, dim));
+            let wrong = Array2::<$float>::zeros((rows + 1, dim));
             let mismatch = layer.backward(&view, &stats, &wrong);
             check(matches!(mismatch, Err(NormError::ShapeMismatch { .. })), "mismatch accepted")?;
             Ok((y, grads.input))
@@ -131,25 +182,40 @@ macro_rules! run_all {
     };
 }
 
-fn same(a: &Array2<f32>, b: &Array2<f32>) -> bool {
+/// Equal element by element, NaN matching NaN.
+fn same<T: Float>(a: &Array2<T>, b: &Array2<T>) -> bool {
     a.iter()
         .zip(b)
-        .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()))
+        .all(|(a, b)| a == b || (a.is_nan() && b.is_nan()))
 }
 
-fn check_layers(case: &Case, finite: bool) -> Result<(), TestCaseError> {
-    let dim = case.dim;
-    let ln = LayerNorm::<f32>::new(dim)
-        .and_then(|l| l.with_eps(case.eps))
-        .expect("valid");
-    let rms = RmsNorm::<f32>::new(dim)
-        .and_then(|l| l.with_eps(case.eps))
-        .expect("valid");
-    let results = [
-        run_all!(&ln, case).map_err(|e| TestCaseError::fail(format!("LayerNorm: {e}")))?,
-        run_all!(&rms, case).map_err(|e| TestCaseError::fail(format!("RmsNorm: {e}")))?,
-    ];
-    let (x, _) = input(case);
+macro_rules! check_layers {
+    ($float:ty, $case:expr, $finite:expr) => {{
+        let case: &Case = $case;
+        let dim = case.dim;
+        let ln = LayerNorm::<$float>::new(dim)
+            .and_then(|l| l.with_eps(case.eps))
+            .expect("valid");
+        let rms = RmsNorm::<$float>::new(dim)
+            .and_then(|l| l.with_eps(case.eps))
+            .expect("valid");
+        let results = [
+            run_all!($float, &ln, case)
+                .map_err(|e| TestCaseError::fail(format!("LayerNorm: {e}")))?,
+            run_all!($float, &rms, case)
+                .map_err(|e| TestCaseError::fail(format!("RmsNorm: {e}")))?,
+        ];
+        check_results(case, $finite, &ln, &results)
+    }};
+}
+
+fn check_results<T: Adversarial>(
+    case: &Case,
+    finite: bool,
+    ln: &LayerNorm<T>,
+    results: &[(Array2<T>, Array2<T>); 2],
+) -> Result<(), TestCaseError> {
+    let (x, _) = input::<T>(case);
     for (which, (y, dx)) in results.iter().enumerate() {
         for row in 0..case.rows {
             let row_finite = x.row(row).iter().all(|v| v.is_finite());
@@ -190,13 +256,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
-    fn every_call_on_any_data_is_ok_or_an_error_and_stays_in_its_row(case in case(value())) {
-        check_layers(&case, false)?;
+    fn every_call_on_any_data_is_ok_or_an_error_and_stays_in_its_row(case in case(any_kind())) {
+        check_layers!(f32, &case, false)?;
+        check_layers!(f64, &case, false)?;
     }
 
     #[test]
-    fn finite_inputs_with_positive_eps_give_finite_results(case in case(finite_value())) {
-        check_layers(&case, true)?;
+    fn finite_inputs_with_positive_eps_give_finite_results(case in case(finite_kind())) {
+        check_layers!(f32, &case, true)?;
+        check_layers!(f64, &case, true)?;
     }
 }
 
