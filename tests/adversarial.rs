@@ -43,6 +43,20 @@ impl Adversarial for f64 {
     }
 }
 
+#[cfg(feature = "half")]
+impl Adversarial for half::f16 {
+    fn from_f64(value: f64) -> Self {
+        half::f16::from_f64(value)
+    }
+}
+
+#[cfg(feature = "half")]
+impl Adversarial for half::bf16 {
+    fn from_f64(value: f64) -> Self {
+        half::bf16::from_f64(value)
+    }
+}
+
 impl Kind {
     fn value<T: Adversarial>(self) -> T {
         match self {
@@ -170,7 +184,7 @@ macro_rules! run_all {
             let mut inplace = x.clone();
             layer.forward_inplace(&mut inplace).map_err(error)?;
             check(same(&inplace, &y), "forward_inplace differs")?;
-            let dy = x.mapv(|v: $float| if v.is_finite() { (v * 0.001).clamp(-1.0, 1.0) } else { 0.5 });
+            let dy = x.mapv(|v: $float| dy_for(v));
             let grads = layer.backward(&view, &stats, &dy).map_err(error)?;
             let step = layer.forward_residual(&view, &x).map_err(error)?;
             layer.backward_residual(&step.sum, &step.stats, &dy, &dy).map_err(error)?;
@@ -180,6 +194,16 @@ macro_rules! run_all {
             Ok((y, grads.input))
         })()
     };
+}
+
+/// An upstream gradient for `x`: small and finite whatever x is.
+fn dy_for<T: Adversarial>(x: T) -> T {
+    let step = T::from_f64(0.001);
+    if x.is_finite() {
+        (x * step).max(T::from_f64(-1.0)).min(T::from_f64(1.0))
+    } else {
+        T::from_f64(0.5)
+    }
 }
 
 /// Equal element by element, NaN matching NaN.
@@ -259,12 +283,22 @@ proptest! {
     fn every_call_on_any_data_is_ok_or_an_error_and_stays_in_its_row(case in case(any_kind())) {
         check_layers!(f32, &case, false)?;
         check_layers!(f64, &case, false)?;
+        #[cfg(feature = "half")]
+        {
+            check_layers!(half::f16, &case, false)?;
+            check_layers!(half::bf16, &case, false)?;
+        }
     }
 
     #[test]
     fn finite_inputs_with_positive_eps_give_finite_results(case in case(finite_kind())) {
         check_layers!(f32, &case, true)?;
         check_layers!(f64, &case, true)?;
+        #[cfg(feature = "half")]
+        {
+            check_layers!(half::f16, &case, true)?;
+            check_layers!(half::bf16, &case, true)?;
+        }
     }
 }
 
