@@ -370,3 +370,68 @@ fn errors(x: &Array2<f32>, seed: u64) -> (f64, f64) {
     }
     (worst_y, worst_dx)
 }
+
+/// `Σ values` as an unevaluated pair `hi + lo` (Neumaier's compensated summation).
+fn compensated_sum(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    let (mut sum, mut compensation) = (0.0f64, 0.0f64);
+    for value in values {
+        let next = sum + value;
+        compensation += if sum.abs() >= value.abs() {
+            (sum - next) + value
+        } else {
+            (value - next) + sum
+        };
+        sum = next;
+    }
+    (
+        sum + compensation,
+        compensation - ((sum + compensation) - sum),
+    )
+}
+
+/// `(x − μ)/σ` for an f64 row, with the mean as a double-double and compensated sums: exact to
+/// about an ulp of each output, a reference for f64 data.
+fn reference_f64_row(x: &[f64]) -> Vec<f64> {
+    let n = x.len() as f64;
+    let (sum_hi, sum_lo) = compensated_sum(x.iter().copied());
+    let mean_hi = sum_hi / n;
+    let mean_lo = ((-mean_hi).mul_add(n, sum_hi) + sum_lo) / n;
+    let deviations: Vec<f64> = x.iter().map(|&v| (v - mean_hi) - mean_lo).collect();
+    let (squares, _) = compensated_sum(deviations.iter().map(|d| d * d));
+    let std = (squares / n).sqrt();
+    deviations.iter().map(|d| d / std).collect()
+}
+
+/// f64 data against the double-double reference: a few ulps on centered rows; on offset rows
+/// the mean is held in one f64, so errors grow as ulp(|μ|)/σ of the output scale (documented).
+#[test]
+fn f64_accuracy_against_a_double_double_reference() {
+    println!("f64, eps 0, rows of 1024: error in f64 ulps of the output scale");
+    for (seed, (offset, spread)) in [(0.0, 1.0), (1e2, 1.0), (1e4, 1.0), (1e6, 1.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = common::rng(600 + seed as u64);
+        let x = common::normal_matrix(&mut rng, 8, 1024, offset, spread);
+        let ln = LayerNorm::<f64>::new_without_affine(1024)
+            .expect("valid")
+            .with_eps(0.0)
+            .expect("valid");
+        let y = ln.forward(&x).expect("valid");
+        let mut worst = 0.0f64;
+        for (row, y_row) in x.rows().into_iter().zip(y.rows()) {
+            let reference = reference_f64_row(&row.to_vec());
+            let scale = common::max_abs(&reference);
+            let error = common::max_abs_diff(&y_row.to_vec(), &reference);
+            let ulp = f64::EPSILON * scale;
+            worst = worst.max(error / ulp);
+            // A few ulps, plus what rounding the mean to f64 costs: ulp(|μ|)/σ of each x̂.
+            let mean_rounding = offset.abs() * f64::EPSILON / spread * scale;
+            assert!(
+                error <= 4.0 * ulp + 2.0 * mean_rounding,
+                "offset {offset}: {error}"
+            );
+        }
+        println!("{offset:>8} + N(0,1)   {worst:>10.1} ulps");
+    }
+}
