@@ -1,11 +1,12 @@
 //! Adversarial inputs for every public entry point: arbitrary shapes (zero-length axes,
-//! one-element rows), layouts (stepped, negative, transposed, 3-D views), eps, and data with
+//! one-element rows), layouts (stepped, negative, zero and transposed strides; 4-D permuted
+//! views below), eps, and data with
 //! NaN, ±Inf, subnormals, ±MAX and mixtures. Every call returns Ok or a NormError (a panic fails
 //! the property), never changes another row's result, and gives finite results for finite
 //! inputs with eps > 0.
 
 use layernorm::{Element, LayerNorm, NormError, RmsNorm};
-use ndarray::{s, Array2, Array3, ArrayView2};
+use ndarray::{s, Array2, Array3, ArrayView2, ShapeBuilder};
 use num_traits::Float;
 use proptest::prelude::*;
 
@@ -114,7 +115,7 @@ fn case(values: impl Strategy<Value = Kind> + Clone + 'static) -> impl Strategy<
         0usize..6,
         1usize..40,
         prop_oneof![Just(0.0), Just(1e-5), 0.0..1.0f64],
-        0u8..4,
+        0u8..5,
     )
         .prop_flat_map(move |(rows, dim, eps, layout)| {
             // A square base with room for stepped, reversed and transposed views.
@@ -144,17 +145,26 @@ fn base_of<T: Adversarial>(case: &Case) -> Array2<T> {
     Array2::from_shape_vec((side, side), values).expect("sized")
 }
 
-/// The case's input as one of four layouts of a (rows, dim) matrix.
-fn input<T: Adversarial>(case: &Case) -> (Array2<T>, u8) {
+/// The case's (rows, dim) matrix as a view of `base` in one of five layouts.
+fn view_of<'a, T>(base: &'a Array2<T>, case: &Case) -> ArrayView2<'a, T> {
     let (rows, dim) = (case.rows, case.dim);
-    let base = base_of::<T>(case);
-    let view: ArrayView2<T> = match case.layout {
+    match case.layout {
         0 => base.slice(s![..rows, ..dim]),
         1 => base.slice(s![..2 * rows;2, ..2 * dim;2]), // stepped
         2 => base.slice(s![..rows;-1, ..dim;-1]),       // negative strides
-        _ => base.t().slice_move(s![..rows, ..dim]),    // transposed
-    };
-    (view.to_owned(), case.layout)
+        3 => base.t().slice_move(s![..rows, ..dim]),    // transposed
+        // Zero row stride: every row is the base's first row.
+        _ => {
+            let first_row = &base.as_slice().expect("standard layout")[..dim];
+            ArrayView2::from_shape((rows, dim).strides((0, 1)), first_row).expect("valid view")
+        }
+    }
+}
+
+/// The case's input as an owned standard-layout matrix (same values as its view).
+fn input<T: Adversarial>(case: &Case) -> (Array2<T>, u8) {
+    let base = base_of::<T>(case);
+    (view_of(&base, case).to_owned(), case.layout)
 }
 
 /// Runs every entry point of a layer on the case's view and returns the forward output and the
@@ -168,16 +178,14 @@ macro_rules! run_all {
             let (x, _) = input::<$float>(case);
             let (rows, dim) = (case.rows, case.dim);
             let base = base_of::<$float>(case);
-            let view = match case.layout {
-                0 => base.slice(s![..rows, ..dim]),
-                1 => base.slice(s![..2 * rows;2, ..2 * dim;2]),
-                2 => base.slice(s![..rows;-1, ..dim;-1]),
-                _ => base.t().slice_move(s![..rows, ..dim]),
-            };
+            let view = view_of(&base, case);
             let error = |e: NormError| e.to_string();
             let (y, stats) = layer.forward_with_stats(&view).map_err(error)?;
             let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
-            check(same(&layer.forward(&x).map_err(error)?, &y), "forward != forward_with_stats")?;
+            check(
+                same(&layer.forward(&x).map_err(error)?, &y),
+                "forward != forward_with_stats",
+            )?;
             let mut out = Array2::<$float>::zeros((rows, dim));
             layer.forward_into(&view, &mut out).map_err(error)?;
             check(same(&out, &y), "forward_into differs")?;
@@ -185,12 +193,37 @@ macro_rules! run_all {
             layer.forward_inplace(&mut inplace).map_err(error)?;
             check(same(&inplace, &y), "forward_inplace differs")?;
             let dy = x.mapv(|v: $float| dy_for(v));
+            let mut reused = stats.clone();
+            layer
+                .forward_with_stats_into(&view, &mut out, &mut reused)
+                .map_err(error)?;
+            check(same(&out, &y), "forward_with_stats_into differs")?;
             let grads = layer.backward(&view, &stats, &dy).map_err(error)?;
+            let mut dx = Array2::<$float>::zeros((rows, dim));
+            let mut gain_grad = ndarray::Array1::<$float>::zeros(dim);
+            layer
+                .backward_into(&view, &stats, &dy, &mut dx, Some(&mut gain_grad), None)
+                .map_err(error)?;
+            check(same(&dx, &grads.input), "backward_into differs")?;
             let step = layer.forward_residual(&view, &x).map_err(error)?;
-            layer.backward_residual(&step.sum, &step.stats, &dy, &dy).map_err(error)?;
+            let mut sum = Array2::<$float>::zeros((rows, dim));
+            let mut residual_stats = step.stats.clone();
+            layer
+                .forward_residual_into(&view, &x, &mut out, &mut sum, &mut residual_stats)
+                .map_err(error)?;
+            check(
+                same(&out, &step.output) && same(&sum, &step.sum),
+                "forward_residual_into differs",
+            )?;
+            layer
+                .backward_residual(&step.sum, &step.stats, &dy, &dy)
+                .map_err(error)?;
             let wrong = Array2::<$float>::zeros((rows + 1, dim));
             let mismatch = layer.backward(&view, &stats, &wrong);
-            check(matches!(mismatch, Err(NormError::ShapeMismatch { .. })), "mismatch accepted")?;
+            check(
+                matches!(mismatch, Err(NormError::ShapeMismatch { .. })),
+                "mismatch accepted",
+            )?;
             Ok((y, grads.input))
         })()
     };
@@ -360,4 +393,27 @@ fn rows_mixing_max_and_zero_stay_finite_in_short_rows() {
             .expect("valid");
         assert!(y.iter().all(|v| v.is_finite()), "RmsNorm dim {dim}: {y}");
     }
+}
+
+#[test]
+fn non_standard_four_dimensional_views_match_their_copies() {
+    let x = ndarray::Array4::<f32>::from_shape_fn((3, 4, 5, 6), |(a, b, c, d)| {
+        ((a * 7 + b * 5 + c * 3 + d) % 13) as f32 - 6.0
+    });
+    let ln = LayerNorm::<f32>::new(4).expect("valid");
+    // Last axis of length 4 taken from axis 1: every axis strided differently, none standard.
+    let view = x.view().permuted_axes([2, 0, 3, 1]);
+    let (y, stats) = ln.forward_with_stats(&view).expect("valid");
+    let (y_copy, stats_copy) = ln.forward_with_stats(&view.to_owned()).expect("valid");
+    assert_eq!((y, &stats), (y_copy, &stats_copy));
+    let dy = view.mapv(|v| v * 0.25);
+    let grads = ln.backward(&view, &stats, &dy).expect("valid");
+    let grads_copy = ln
+        .backward(&view.to_owned(), &stats_copy, &dy)
+        .expect("valid");
+    assert_eq!(grads, grads_copy);
+    let mut target = x.clone();
+    let mut target_view = target.view_mut().permuted_axes([2, 0, 3, 1]);
+    ln.forward_inplace(&mut target_view).expect("valid");
+    assert_eq!(target_view, ln.forward(&view).expect("valid"));
 }
