@@ -94,13 +94,6 @@ fn write_standard<A: Element, D: Dimension>(out: &mut ArrayRef<A, D>, fill: impl
     out.assign(&view);
 }
 
-/// A standard-layout array of `dim` whose elements `fill` writes.
-fn new_standard<A: Element, D: Dimension>(dim: D, fill: impl FnOnce(&mut [A])) -> Array<A, D> {
-    let mut buffer = vec![A::from_stat(A::Stat::zero()); dim.size()];
-    fill(&mut buffer);
-    Array::from_shape_vec(dim, buffer).expect("buffer has exactly dim.size() elements")
-}
-
 impl<A: Element> NormCore<A> {
     /// A layer over `dim` features with gain 1 and bias 0 where present, and the default eps.
     pub(crate) fn new(
@@ -219,23 +212,19 @@ impl<A: Element> NormCore<A> {
         }
     }
 
+    /// The row driver on standard-layout data; `x = None` normalizes `out` in place.
+    fn run_forward(&self, x: Option<&[A]>, out: &mut [A], stats: Option<RowStatsOut<'_, A::Stat>>) {
+        rows::forward(x, out, self.dim, self.params(), self.eps_stat(), stats);
+    }
+
     pub(crate) fn forward<D: Dimension>(
         &self,
         x: &ArrayRef<A, D>,
     ) -> Result<Array<A, D>, NormError> {
         self.check_input("x", x)?;
-        let x = x.as_standard_layout();
-        let x = as_slice_std(&x);
-        Ok(new_standard(x.dim.clone(), |out| {
-            rows::forward(
-                Some(x.data),
-                out,
-                self.dim,
-                self.params(),
-                self.eps_stat(),
-                None,
-            )
-        }))
+        let mut out = Array::from_elem(x.raw_dim(), A::from_stat(A::Stat::zero()));
+        self.forward_into_with(x, &mut out, None)?;
+        Ok(out)
     }
 
     #[allow(clippy::type_complexity)]
@@ -244,27 +233,10 @@ impl<A: Element> NormCore<A> {
         x: &ArrayRef<A, D>,
     ) -> Result<(Array<A, D>, NormStats<A::Stat, D::Smaller>), NormError> {
         self.check_input("x", x)?;
-        let stats_shape = stats_dim(&x.raw_dim());
-        let x = x.as_standard_layout();
-        let x = as_slice_std(&x);
-        let mut mean = vec![A::Stat::zero(); stats_shape.size()];
-        let mut inv_std = vec![A::Stat::zero(); stats_shape.size()];
-        let y = new_standard(x.dim.clone(), |out| {
-            rows::forward(
-                Some(x.data),
-                out,
-                self.dim,
-                self.params(),
-                self.eps_stat(),
-                Some(RowStatsOut {
-                    mean: &mut mean,
-                    inv_std: &mut inv_std,
-                }),
-            )
-        });
-        let mean = Array::from_shape_vec(stats_shape.clone(), mean).expect("one mean per row");
-        let inv_std = Array::from_shape_vec(stats_shape, inv_std).expect("one inv_std per row");
-        Ok((y, NormStats::from_parts(mean, inv_std)))
+        let mut out = Array::from_elem(x.raw_dim(), A::from_stat(A::Stat::zero()));
+        let mut stats = NormStats::zeros(stats_dim(&x.raw_dim()));
+        self.forward_into_with(x, &mut out, Some(&mut stats))?;
+        Ok((out, stats))
     }
 
     pub(crate) fn forward_into<D: Dimension>(
@@ -272,21 +244,7 @@ impl<A: Element> NormCore<A> {
         x: &ArrayRef<A, D>,
         out: &mut ArrayRef<A, D>,
     ) -> Result<(), NormError> {
-        self.check_input("x", x)?;
-        expect_shape("out", x.shape(), out.shape())?;
-        let x = x.as_standard_layout();
-        let x = as_slice_std(&x);
-        write_standard(out, |out| {
-            rows::forward(
-                Some(x.data),
-                out,
-                self.dim,
-                self.params(),
-                self.eps_stat(),
-                None,
-            )
-        });
-        Ok(())
+        self.forward_into_with(x, out, None)
     }
 
     pub(crate) fn forward_with_stats_into<D: Dimension>(
@@ -295,22 +253,29 @@ impl<A: Element> NormCore<A> {
         out: &mut ArrayRef<A, D>,
         stats: &mut NormStats<A::Stat, D::Smaller>,
     ) -> Result<(), NormError> {
+        self.forward_into_with(x, out, Some(stats))
+    }
+
+    /// Every forward form: checks the shapes, then normalizes `x` into `out` (and the row
+    /// statistics into `stats` when given).
+    fn forward_into_with<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+        out: &mut ArrayRef<A, D>,
+        stats: Option<&mut NormStats<A::Stat, D::Smaller>>,
+    ) -> Result<(), NormError> {
         self.check_input("x", x)?;
         expect_shape("out", x.shape(), out.shape())?;
-        expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())?;
+        if let Some(stats) = &stats {
+            expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())?;
+        }
         let x = x.as_standard_layout();
-        let x = as_slice_std(&x);
-        let (mean, inv_std) = stats.as_mut_slices();
-        write_standard(out, |out| {
-            rows::forward(
-                Some(x.data),
-                out,
-                self.dim,
-                self.params(),
-                self.eps_stat(),
-                Some(RowStatsOut { mean, inv_std }),
-            )
+        let x = standard_slice(&x);
+        let stats = stats.map(|stats| {
+            let (mean, inv_std) = stats.as_mut_slices();
+            RowStatsOut { mean, inv_std }
         });
+        write_standard(out, |out| self.run_forward(Some(x), out, stats));
         Ok(())
     }
 
@@ -320,20 +285,11 @@ impl<A: Element> NormCore<A> {
     ) -> Result<(), NormError> {
         self.check_input("x", x)?;
         if let Some(data) = x.as_slice_mut() {
-            rows::forward(None, data, self.dim, self.params(), self.eps_stat(), None);
+            self.run_forward(None, data, None);
         } else {
             let copy = x.as_standard_layout().into_owned();
-            let source = as_slice_std(&copy);
-            write_standard(x, |out| {
-                rows::forward(
-                    Some(source.data),
-                    out,
-                    self.dim,
-                    self.params(),
-                    self.eps_stat(),
-                    None,
-                )
-            });
+            let source = standard_slice(&copy);
+            write_standard(x, |out| self.run_forward(Some(source), out, None));
         }
         Ok(())
     }
@@ -355,7 +311,7 @@ impl<A: Element> NormCore<A> {
         expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())?;
         let x = x.as_standard_layout();
         let residual = residual.as_standard_layout();
-        let (x, residual) = (as_slice_std(&x).data, as_slice_std(&residual).data);
+        let (x, residual) = (standard_slice(&x), standard_slice(&residual));
         let (mean, inv_std) = stats.as_mut_slices();
         write_standard(out, |out| {
             write_standard(sum, |sum| {
@@ -489,11 +445,11 @@ impl<A: Element> NormCore<A> {
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
         let dsum = dsum.map(|dsum| dsum.as_standard_layout());
-        let dsum = dsum.as_ref().map(|dsum| as_slice_std(dsum).data);
+        let dsum = dsum.as_ref().map(|dsum| standard_slice(dsum));
         let (means, inv_stds) = stats.as_slices();
         let inputs = BackwardRows {
-            x: as_slice_std(&x).data,
-            dy: as_slice_std(&dy).data,
+            x: standard_slice(&x),
+            dy: standard_slice(&dy),
             means,
             inv_stds,
             gain: self.params().gain,
@@ -544,19 +500,11 @@ fn as_slice_1d<A>(values: &Array1<A>) -> &[A] {
         .expect("parameters are owned, standard-layout arrays")
 }
 
-/// A standard-layout input's data and shape.
-struct StandardInput<'a, A, D> {
-    data: &'a [A],
-    dim: D,
-}
-
-fn as_slice_std<'a, A, D: Dimension>(
-    array: &'a ndarray::ArrayBase<impl ndarray::Data<Elem = A>, D>,
-) -> StandardInput<'a, A, D> {
-    StandardInput {
-        data: array
-            .as_slice()
-            .expect("as_standard_layout returns a standard-layout array"),
-        dim: array.raw_dim(),
-    }
+/// The elements of an array that `as_standard_layout` returned, in order.
+fn standard_slice<A, D: Dimension>(
+    array: &ndarray::ArrayBase<impl ndarray::Data<Elem = A>, D>,
+) -> &[A] {
+    array
+        .as_slice()
+        .expect("as_standard_layout returns a standard-layout array")
 }
