@@ -12,7 +12,7 @@ use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dim
 pub type RmsNormGrads<A, D> = LayerNormGrads<A, D>;
 
 /// Root-mean-square normalization over the last axis (Zhang & Sennrich, 2019), the
-/// normalization of most current transformers: rows are scaled, not centered.
+/// normalization used by many current transformers: rows are scaled, not centered.
 ///
 /// For each row `x` of `n = dim()` values:
 ///
