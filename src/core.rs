@@ -239,26 +239,9 @@ impl<A: Element> NormCore<A> {
         Ok((out, stats))
     }
 
-    pub(crate) fn forward_into<D: Dimension>(
-        &self,
-        x: &ArrayRef<A, D>,
-        out: &mut ArrayRef<A, D>,
-    ) -> Result<(), NormError> {
-        self.forward_into_with(x, out, None)
-    }
-
-    pub(crate) fn forward_with_stats_into<D: Dimension>(
-        &self,
-        x: &ArrayRef<A, D>,
-        out: &mut ArrayRef<A, D>,
-        stats: &mut NormStats<A::Stat, D::Smaller>,
-    ) -> Result<(), NormError> {
-        self.forward_into_with(x, out, Some(stats))
-    }
-
     /// Every forward form: checks the shapes, then normalizes `x` into `out` (and the row
     /// statistics into `stats` when given).
-    fn forward_into_with<D: Dimension>(
+    pub(crate) fn forward_into_with<D: Dimension>(
         &self,
         x: &ArrayRef<A, D>,
         out: &mut ArrayRef<A, D>,
@@ -357,15 +340,6 @@ impl<A: Element> NormCore<A> {
         expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())
     }
 
-    pub(crate) fn backward<D: Dimension>(
-        &self,
-        x: &ArrayRef<A, D>,
-        stats: &NormStats<A::Stat, D::Smaller>,
-        dy: &ArrayRef<A, D>,
-    ) -> Result<LayerNormGrads<A, D>, NormError> {
-        self.backward_with_sum(x, stats, dy, None)
-    }
-
     /// Backward, with `dsum` (the gradient reaching the normalized input by another path, for
     /// the fused residual form) added to `dx` when given.
     pub(crate) fn backward_with_sum<D: Dimension>(
@@ -396,18 +370,6 @@ impl<A: Element> NormCore<A> {
             bias.as_deref_mut(),
         )?;
         Ok(LayerNormGrads { input, gain, bias })
-    }
-
-    pub(crate) fn backward_into<D: Dimension>(
-        &self,
-        x: &ArrayRef<A, D>,
-        stats: &NormStats<A::Stat, D::Smaller>,
-        dy: &ArrayRef<A, D>,
-        dx: &mut ArrayRef<A, D>,
-        gain_grad: Option<&mut ArrayRef1<A>>,
-        bias_grad: Option<&mut ArrayRef1<A>>,
-    ) -> Result<(), NormError> {
-        self.backward_into_with_sum(x, stats, dy, None, dx, gain_grad, bias_grad)
     }
 
     /// `backward_into`, with `dsum` added to `dx` when given (see `backward_with_sum`).

@@ -399,7 +399,7 @@ impl<A: Element> LayerNorm<A> {
         x: &ArrayRef<A, D>,
         out: &mut ArrayRef<A, D>,
     ) -> Result<(), NormError> {
-        self.core.forward_into(x, out)
+        self.core.forward_into_with(x, out, None)
     }
 
     /// As [`forward_into`](Self::forward_into), also writing each row's statistics into a
@@ -429,7 +429,7 @@ impl<A: Element> LayerNorm<A> {
         out: &mut ArrayRef<A, D>,
         stats: &mut NormStats<A::Stat, D::Smaller>,
     ) -> Result<(), NormError> {
-        self.core.forward_with_stats_into(x, out, stats)
+        self.core.forward_into_with(x, out, Some(stats))
     }
 
     /// Normalizes `x` in place.
@@ -501,7 +501,7 @@ impl<A: Element> LayerNorm<A> {
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
     ) -> Result<LayerNormGrads<A, D>, NormError> {
-        self.core.backward(x, stats, dy)
+        self.core.backward_with_sum(x, stats, dy, None)
     }
 
     /// As [`backward`](Self::backward), writing `dx` into the caller's buffer and ADDING the
@@ -546,7 +546,7 @@ impl<A: Element> LayerNorm<A> {
         bias_grad: Option<&mut ArrayRef1<A>>,
     ) -> Result<(), NormError> {
         self.core
-            .backward_into(x, stats, dy, dx, gain_grad, bias_grad)
+            .backward_into_with_sum(x, stats, dy, None, dx, gain_grad, bias_grad)
     }
 
     /// The fused residual step of a pre-norm transformer block: `sum = x + residual` and

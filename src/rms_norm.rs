@@ -288,7 +288,7 @@ impl<A: Element> RmsNorm<A> {
         x: &ArrayRef<A, D>,
         out: &mut ArrayRef<A, D>,
     ) -> Result<(), NormError> {
-        self.core.forward_into(x, out)
+        self.core.forward_into_with(x, out, None)
     }
 
     /// As [`forward_into`](Self::forward_into), also writing each row's statistics into a
@@ -303,7 +303,7 @@ impl<A: Element> RmsNorm<A> {
         out: &mut ArrayRef<A, D>,
         stats: &mut RmsStats<A::Stat, D::Smaller>,
     ) -> Result<(), NormError> {
-        self.core.forward_with_stats_into(x, out, stats.inner_mut())
+        self.core.forward_into_with(x, out, Some(stats.inner_mut()))
     }
 
     /// Normalizes `x` in place.
@@ -355,7 +355,7 @@ impl<A: Element> RmsNorm<A> {
         stats: &RmsStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
     ) -> Result<RmsNormGrads<A, D>, NormError> {
-        self.core.backward(x, stats_of(stats), dy)
+        self.core.backward_with_sum(x, stats_of(stats), dy, None)
     }
 
     /// As [`backward`](Self::backward), writing `dx` into the caller's buffer and ADDING the
@@ -373,7 +373,7 @@ impl<A: Element> RmsNorm<A> {
         bias_grad: Option<&mut ArrayRef1<A>>,
     ) -> Result<(), NormError> {
         self.core
-            .backward_into(x, stats_of(stats), dy, dx, gain_grad, bias_grad)
+            .backward_into_with_sum(x, stats_of(stats), dy, None, dx, gain_grad, bias_grad)
     }
 
     /// The fused residual step of a pre-norm transformer block: `sum = x + residual` and
