@@ -1,6 +1,6 @@
 //! The element types a layer can hold, and the type its statistics are computed in.
 
-use crate::kernels::{simd, BackwardRows, Params, RowStatsOut};
+use crate::kernels::{simd, BackwardJob, ForwardRows};
 use num_traits::{Float, FromPrimitive};
 use std::fmt::{Debug, Display};
 
@@ -47,48 +47,23 @@ pub trait Element:
 
     /// The kernel that normalizes rows of this type (the crate's hook; not callable outside).
     #[doc(hidden)]
-    fn forward_rows(
-        x: Option<&[Self]>,
-        out: &mut [Self],
-        dim: usize,
-        params: Params<'_, Self>,
-        eps: Self::Stat,
-        stats: Option<RowStatsOut<'_, Self::Stat>>,
-    );
+    fn forward_rows(job: ForwardRows<'_, Self>);
 
-    /// The kernel that differentiates rows of this type (the crate's hook; not callable outside).
+    /// The kernel that differentiates rows of this type (the crate's hook; not callable
+    /// outside). `scratch` is working memory the kernel may grow and reuse across calls.
     #[doc(hidden)]
-    fn backward_rows(
-        rows: BackwardRows<'_, Self>,
-        dx: &mut [Self],
-        partial_gain: Option<&mut [Self::Stat]>,
-        partial_bias: Option<&mut [Self::Stat]>,
-        scratch: &mut Vec<Self>,
-    );
+    fn backward_rows(job: BackwardJob<'_, Self>, scratch: &mut Vec<Self>);
 }
 
 /// f32 and f64 run the SIMD kernels.
 macro_rules! simd_kernels {
     () => {
-        fn forward_rows(
-            x: Option<&[Self]>,
-            out: &mut [Self],
-            dim: usize,
-            params: Params<'_, Self>,
-            eps: f64,
-            stats: Option<RowStatsOut<'_, f64>>,
-        ) {
-            simd::forward_rows(x, out, dim, params, eps, stats);
+        fn forward_rows(job: ForwardRows<'_, Self>) {
+            simd::forward_rows(job);
         }
 
-        fn backward_rows(
-            rows: BackwardRows<'_, Self>,
-            dx: &mut [Self],
-            partial_gain: Option<&mut [f64]>,
-            partial_bias: Option<&mut [f64]>,
-            scratch: &mut Vec<Self>,
-        ) {
-            simd::backward_rows(rows, dx, partial_gain, partial_bias, scratch);
+        fn backward_rows(job: BackwardJob<'_, Self>, scratch: &mut Vec<Self>) {
+            simd::backward_rows(job, scratch);
         }
     };
 }
@@ -142,25 +117,12 @@ macro_rules! half_element {
                 <$half>::from_f32(value)
             }
 
-            fn forward_rows(
-                x: Option<&[Self]>,
-                out: &mut [Self],
-                dim: usize,
-                params: Params<'_, Self>,
-                eps: f32,
-                stats: Option<RowStatsOut<'_, f32>>,
-            ) {
-                crate::kernels::half::forward_rows(x, out, dim, params, eps, stats);
+            fn forward_rows(job: ForwardRows<'_, Self>) {
+                crate::kernels::half::forward_rows(job);
             }
 
-            fn backward_rows(
-                rows: BackwardRows<'_, Self>,
-                dx: &mut [Self],
-                partial_gain: Option<&mut [f32]>,
-                partial_bias: Option<&mut [f32]>,
-                _scratch: &mut Vec<Self>,
-            ) {
-                crate::kernels::half::backward_rows(rows, dx, partial_gain, partial_bias);
+            fn backward_rows(job: BackwardJob<'_, Self>, _scratch: &mut Vec<Self>) {
+                crate::kernels::half::backward_rows(job);
             }
         }
     };

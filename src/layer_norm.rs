@@ -1,9 +1,11 @@
-//! `LayerNorm`: parameters, validation, and the orchestration of forward and backward.
+//! `LayerNorm`: its constructors and public methods with their documentation. Each method is
+//! one call into the shared [`NormCore`] (`norm.rs`), which checks the arguments and hands the
+//! rows to the driver.
 
-use crate::core::{NormCore, ResidualForward};
 use crate::element::Element;
 use crate::error::NormError;
-use crate::stats::NormStats;
+use crate::norm::{Centering, GradsInto, NormCore};
+use crate::stats::{LayerNormGrads, NormStats, ResidualForward};
 use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
 
 /// Layer normalization over the last axis, with optional per-feature gain and bias.
@@ -88,22 +90,6 @@ pub struct LayerNorm<A: Element> {
     core: NormCore<A>,
 }
 
-/// Gradients returned by [`LayerNorm::backward`].
-///
-/// `gain` and `bias` are `None` where the layer has no such parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LayerNormGrads<A, D: Dimension> {
-    /// `∂L/∂x`, shaped like the input.
-    pub input: Array<A, D>,
-    /// `∂L/∂gain`, one value per feature: `Σ_rows dyᵢ · x̂ᵢ`.
-    #[doc(alias = "weight")]
-    #[doc(alias = "gamma")]
-    pub gain: Option<Array1<A>>,
-    /// `∂L/∂bias`, one value per feature: `Σ_rows dyᵢ`.
-    #[doc(alias = "beta")]
-    pub bias: Option<Array1<A>>,
-}
-
 impl<A: Element> LayerNorm<A> {
     /// Wraps a core (deserialization builds layers this way).
     #[cfg(feature = "serde")]
@@ -135,7 +121,7 @@ impl<A: Element> LayerNorm<A> {
     /// ```
     pub fn new(dim: usize) -> Result<Self, NormError> {
         Ok(LayerNorm {
-            core: NormCore::new(dim, true, true, true)?,
+            core: NormCore::with_defaults(Centering::Mean, dim, true, true)?,
         })
     }
 
@@ -153,7 +139,7 @@ impl<A: Element> LayerNorm<A> {
     /// ```
     pub fn new_without_bias(dim: usize) -> Result<Self, NormError> {
         Ok(LayerNorm {
-            core: NormCore::new(dim, true, false, true)?,
+            core: NormCore::with_defaults(Centering::Mean, dim, true, false)?,
         })
     }
 
@@ -172,7 +158,7 @@ impl<A: Element> LayerNorm<A> {
     /// ```
     pub fn new_without_affine(dim: usize) -> Result<Self, NormError> {
         Ok(LayerNorm {
-            core: NormCore::without_affine(dim, true)?,
+            core: NormCore::with_defaults(Centering::Mean, dim, false, false)?,
         })
     }
 
@@ -194,7 +180,7 @@ impl<A: Element> LayerNorm<A> {
     /// ```
     pub fn from_params(gain: Array1<A>, bias: Array1<A>, eps: f64) -> Result<Self, NormError> {
         Ok(LayerNorm {
-            core: NormCore::from_params(Some(gain), Some(bias), eps, true)?,
+            core: NormCore::new(Centering::Mean, gain.len(), Some(gain), Some(bias), eps)?,
         })
     }
 
@@ -214,7 +200,7 @@ impl<A: Element> LayerNorm<A> {
     /// ```
     pub fn from_gain(gain: Array1<A>, eps: f64) -> Result<Self, NormError> {
         Ok(LayerNorm {
-            core: NormCore::from_params(Some(gain), None, eps, true)?,
+            core: NormCore::new(Centering::Mean, gain.len(), Some(gain), None, eps)?,
         })
     }
 
@@ -501,7 +487,7 @@ impl<A: Element> LayerNorm<A> {
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
     ) -> Result<LayerNormGrads<A, D>, NormError> {
-        self.core.backward_with_sum(x, stats, dy, None)
+        self.core.backward_with(x, stats, dy, None)
     }
 
     /// As [`backward`](Self::backward), writing `dx` into the caller's buffer and ADDING the
@@ -545,8 +531,8 @@ impl<A: Element> LayerNorm<A> {
         gain_grad: Option<&mut ArrayRef1<A>>,
         bias_grad: Option<&mut ArrayRef1<A>>,
     ) -> Result<(), NormError> {
-        self.core
-            .backward_into_with_sum(x, stats, dy, None, dx, gain_grad, bias_grad)
+        let into = GradsInto::new(dx, gain_grad, bias_grad);
+        self.core.backward_into_with(x, stats, dy, None, into)
     }
 
     /// The fused residual step of a pre-norm transformer block: `sum = x + residual` and
@@ -637,7 +623,7 @@ impl<A: Element> LayerNorm<A> {
         dy: &ArrayRef<A, D>,
         dsum: &ArrayRef<A, D>,
     ) -> Result<LayerNormGrads<A, D>, NormError> {
-        self.core.backward_with_sum(sum, stats, dy, Some(dsum))
+        self.core.backward_with(sum, stats, dy, Some(dsum))
     }
 
     /// As [`backward_residual`](Self::backward_residual), writing the sum's gradient into
@@ -657,7 +643,8 @@ impl<A: Element> LayerNorm<A> {
         gain_grad: Option<&mut ArrayRef1<A>>,
         bias_grad: Option<&mut ArrayRef1<A>>,
     ) -> Result<(), NormError> {
+        let into = GradsInto::new(dinput, gain_grad, bias_grad);
         self.core
-            .backward_into_with_sum(sum, stats, dy, Some(dsum), dinput, gain_grad, bias_grad)
+            .backward_into_with(sum, stats, dy, Some(dsum), into)
     }
 }

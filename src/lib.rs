@@ -113,23 +113,23 @@
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod core;
 mod element;
 mod error;
 mod kernels;
 mod layer_norm;
+mod norm;
 mod rms_norm;
 mod rows;
 #[cfg(feature = "serde")]
 mod serialize;
 mod stats;
 
-pub use crate::core::{ResidualForward, DEFAULT_EPS};
 pub use crate::element::Element;
 pub use crate::error::NormError;
-pub use crate::layer_norm::{LayerNorm, LayerNormGrads};
+pub use crate::layer_norm::LayerNorm;
+pub use crate::norm::DEFAULT_EPS;
 pub use crate::rms_norm::{RmsNorm, RmsNormGrads};
-pub use crate::stats::{NormStats, RmsStats};
+pub use crate::stats::{LayerNormGrads, NormStats, ResidualForward, RmsStats};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

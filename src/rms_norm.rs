@@ -1,11 +1,11 @@
-//! `RmsNorm`: root-mean-square normalization (Zhang & Sennrich, 2019), sharing LayerNorm's
-//! core and kernels with the centering turned off.
+//! `RmsNorm`: root-mean-square normalization (Zhang & Sennrich, 2019): its constructors and
+//! public methods, each one call into the shared [`NormCore`] (`norm.rs`) with
+//! [`Centering::None`], so that it runs LayerNorm's kernels with the centering turned off.
 
-use crate::core::{NormCore, ResidualForward};
 use crate::element::Element;
 use crate::error::NormError;
-use crate::layer_norm::LayerNormGrads;
-use crate::stats::{NormStats, RmsStats};
+use crate::norm::{Centering, GradsInto, NormCore};
+use crate::stats::{LayerNormGrads, NormStats, ResidualForward, RmsStats};
 use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
 
 /// Gradients returned by [`RmsNorm::backward`]: the same fields as [`LayerNormGrads`].
@@ -68,7 +68,7 @@ impl<A: Element> RmsNorm<A> {
     /// ```
     pub fn new(dim: usize) -> Result<Self, NormError> {
         Ok(RmsNorm {
-            core: NormCore::new(dim, true, false, false)?,
+            core: NormCore::with_defaults(Centering::None, dim, true, false)?,
         })
     }
 
@@ -86,7 +86,7 @@ impl<A: Element> RmsNorm<A> {
     /// ```
     pub fn new_with_bias(dim: usize) -> Result<Self, NormError> {
         Ok(RmsNorm {
-            core: NormCore::new(dim, true, true, false)?,
+            core: NormCore::with_defaults(Centering::None, dim, true, true)?,
         })
     }
 
@@ -104,7 +104,7 @@ impl<A: Element> RmsNorm<A> {
     /// ```
     pub fn new_without_affine(dim: usize) -> Result<Self, NormError> {
         Ok(RmsNorm {
-            core: NormCore::without_affine(dim, false)?,
+            core: NormCore::with_defaults(Centering::None, dim, false, false)?,
         })
     }
 
@@ -124,7 +124,7 @@ impl<A: Element> RmsNorm<A> {
     /// ```
     pub fn from_gain(gain: Array1<A>, eps: f64) -> Result<Self, NormError> {
         Ok(RmsNorm {
-            core: NormCore::from_params(Some(gain), None, eps, false)?,
+            core: NormCore::new(Centering::None, gain.len(), Some(gain), None, eps)?,
         })
     }
 
@@ -145,7 +145,7 @@ impl<A: Element> RmsNorm<A> {
     /// ```
     pub fn from_params(gain: Array1<A>, bias: Array1<A>, eps: f64) -> Result<Self, NormError> {
         Ok(RmsNorm {
-            core: NormCore::from_params(Some(gain), Some(bias), eps, false)?,
+            core: NormCore::new(Centering::None, gain.len(), Some(gain), Some(bias), eps)?,
         })
     }
 
@@ -355,7 +355,7 @@ impl<A: Element> RmsNorm<A> {
         stats: &RmsStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
     ) -> Result<RmsNormGrads<A, D>, NormError> {
-        self.core.backward_with_sum(x, stats_of(stats), dy, None)
+        self.core.backward_with(x, stats_of(stats), dy, None)
     }
 
     /// As [`backward`](Self::backward), writing `dx` into the caller's buffer and ADDING the
@@ -372,8 +372,9 @@ impl<A: Element> RmsNorm<A> {
         gain_grad: Option<&mut ArrayRef1<A>>,
         bias_grad: Option<&mut ArrayRef1<A>>,
     ) -> Result<(), NormError> {
+        let into = GradsInto::new(dx, gain_grad, bias_grad);
         self.core
-            .backward_into_with_sum(x, stats_of(stats), dy, None, dx, gain_grad, bias_grad)
+            .backward_into_with(x, stats_of(stats), dy, None, into)
     }
 
     /// The fused residual step of a pre-norm transformer block: `sum = x + residual` and
@@ -469,7 +470,7 @@ impl<A: Element> RmsNorm<A> {
         dsum: &ArrayRef<A, D>,
     ) -> Result<RmsNormGrads<A, D>, NormError> {
         self.core
-            .backward_with_sum(sum, stats_of(stats), dy, Some(dsum))
+            .backward_with(sum, stats_of(stats), dy, Some(dsum))
     }
 
     /// As [`backward_residual`](Self::backward_residual), writing the sum's gradient into
@@ -489,14 +490,8 @@ impl<A: Element> RmsNorm<A> {
         gain_grad: Option<&mut ArrayRef1<A>>,
         bias_grad: Option<&mut ArrayRef1<A>>,
     ) -> Result<(), NormError> {
-        self.core.backward_into_with_sum(
-            sum,
-            stats_of(stats),
-            dy,
-            Some(dsum),
-            dinput,
-            gain_grad,
-            bias_grad,
-        )
+        let into = GradsInto::new(dinput, gain_grad, bias_grad);
+        self.core
+            .backward_into_with(sum, stats_of(stats), dy, Some(dsum), into)
     }
 }

@@ -1,7 +1,8 @@
-//! From whole buffers of rows to kernel calls: serial, or split across rayon's threads.
+//! The driver: from a batch of rows (a job value of `kernels`) to kernel calls, on the calling
+//! thread or cut into tasks across rayon's threads by one recursive split.
 //!
 //! Buffers here are contiguous row-major slices holding whole rows of `dim` elements; the
-//! ndarray side (layouts, shapes, validation) is `layer_norm.rs`'s job.
+//! ndarray side (layouts, shapes, validation) is `norm.rs`'s job.
 //!
 //! Thread-count independence: every row is computed by the same kernel whatever the split, so
 //! `y` and `dx` never depend on it. Parameter gradients are sums over rows; they are formed per
@@ -10,376 +11,304 @@
 //! perform the same additions in the same order and agree bit for bit.
 
 use crate::element::Element;
-use crate::kernels::{self, BackwardRows, Params, RowStatsOut};
-use num_traits::Zero;
+use crate::kernels::{add_into, BackwardJob, BackwardOut, CutAt, ForwardRows, GradSums};
 
 /// Rows per block of the parameter-gradient reduction. Part of the numerical result: changing
 /// it changes the rounding of `dgain` and `dbias` (never which threads see which block).
 pub(crate) const GRAD_BLOCK_ROWS: usize = 64;
 
-/// Below this many elements all work stays on the calling thread.
-#[cfg(feature = "rayon")]
-const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
-
-/// Rows handed to one parallel task: about this many elements, at least one row.
+/// Elements a parallel task holds, about: large enough that handing it to another thread costs
+/// little against the work, small enough that the threads share the work evenly.
 #[cfg(feature = "rayon")]
 const TASK_ELEMENTS: usize = 1 << 16;
 
+/// How a batch of `rows` rows of `dim` elements is cut for `threads` threads: `None` keeps it
+/// on the calling thread (one thread, or fewer than [`TASK_ELEMENTS`] elements in all),
+/// otherwise `Some(rows per task)`: about [`TASK_ELEMENTS`] elements, at least one row. Only
+/// the speed depends on it, never the result.
 #[cfg(feature = "rayon")]
-fn worth_splitting(elements: usize) -> bool {
-    elements >= PARALLEL_MIN_ELEMENTS && rayon::current_num_threads() > 1
+pub(crate) fn task_rows(rows: usize, dim: usize, threads: usize) -> Option<usize> {
+    (threads > 1 && rows * dim >= TASK_ELEMENTS).then(|| (TASK_ELEMENTS / dim).max(1))
 }
 
-/// Running totals of the parameter gradients, in the statistics type.
-pub(crate) struct GradTotals<'a, S> {
-    pub(crate) gain: Option<&'a mut [S]>,
-    pub(crate) bias: Option<&'a mut [S]>,
+/// A batch of rows the driver can cut into tasks.
+trait RowJob: Send + Sized {
+    /// Split points are multiples of this many rows.
+    const ALIGN: usize;
+    fn rows(&self) -> usize;
+    fn dim(&self) -> usize;
+    /// Rows `..row` and `row..`; `row` is a multiple of [`ALIGN`](Self::ALIGN).
+    fn split_at(self, row: usize) -> (Self, Self);
+    /// Does the whole job on the calling thread.
+    fn run(self);
 }
 
-impl<S> GradTotals<'_, S> {
-    fn is_empty(&self) -> bool {
-        self.gain.is_none() && self.bias.is_none()
-    }
-}
-
-/// Forward over all rows; see [`kernels::forward_rows`] for the arguments.
-pub(crate) fn forward<A: Element>(
-    x: Option<&[A]>,
-    out: &mut [A],
-    dim: usize,
-    params: Params<'_, A>,
-    eps: A::Stat,
-    stats: Option<RowStatsOut<'_, A::Stat>>,
-) {
+/// Runs `job`, cut into tasks across rayon's threads when [`task_rows`] says so.
+fn run<J: RowJob>(job: J) {
     #[cfg(feature = "rayon")]
-    if worth_splitting(out.len()) {
-        let rows_per_task = (TASK_ELEMENTS / dim).max(1);
-        return forward_split(x, out, dim, params, eps, stats, rows_per_task);
+    if let Some(rows_per_task) = task_rows(job.rows(), job.dim(), rayon::current_num_threads()) {
+        return split(job, rows_per_task);
     }
-    kernels::forward_rows(x, out, dim, params, eps, stats);
+    job.run();
 }
 
+/// Halves `job` at an aligned row until the pieces hold at most `rows_per_task` rows.
 #[cfg(feature = "rayon")]
-fn forward_split<A: Element>(
-    x: Option<&[A]>,
-    out: &mut [A],
-    dim: usize,
-    params: Params<'_, A>,
-    eps: A::Stat,
-    stats: Option<RowStatsOut<'_, A::Stat>>,
-    rows_per_task: usize,
-) {
-    let rows = out.len() / dim;
-    if rows <= rows_per_task {
-        return kernels::forward_rows(x, out, dim, params, eps, stats);
+fn split<J: RowJob>(job: J, rows_per_task: usize) {
+    let rows = job.rows();
+    let half = rows.div_ceil(J::ALIGN) / 2 * J::ALIGN;
+    if rows <= rows_per_task || half == 0 {
+        return job.run();
     }
-    let half = rows / 2;
-    let (x_left, x_right) = match x {
-        Some(x) => {
-            let (left, right) = x.split_at(half * dim);
-            (Some(left), Some(right))
-        }
-        None => (None, None),
-    };
-    let (out_left, out_right) = out.split_at_mut(half * dim);
-    let (stats_left, stats_right) = match stats {
-        Some(RowStatsOut { mean, inv_std }) => {
-            let (mean_left, mean_right) = mean.split_at_mut(half);
-            let (inv_std_left, inv_std_right) = inv_std.split_at_mut(half);
-            (
-                Some(RowStatsOut {
-                    mean: mean_left,
-                    inv_std: inv_std_left,
-                }),
-                Some(RowStatsOut {
-                    mean: mean_right,
-                    inv_std: inv_std_right,
-                }),
-            )
-        }
-        None => (None, None),
-    };
+    let (left, right) = job.split_at(half);
     rayon::join(
-        || {
-            forward_split(
-                x_left,
-                out_left,
-                dim,
-                params,
-                eps,
-                stats_left,
-                rows_per_task,
-            )
-        },
-        || {
-            forward_split(
-                x_right,
-                out_right,
-                dim,
-                params,
-                eps,
-                stats_right,
-                rows_per_task,
-            )
-        },
+        || split(left, rows_per_task),
+        || split(right, rows_per_task),
     );
+}
+
+impl<A: Element> RowJob for ForwardRows<'_, A> {
+    const ALIGN: usize = 1;
+
+    fn rows(&self) -> usize {
+        ForwardRows::rows(self)
+    }
+
+    fn dim(&self) -> usize {
+        self.layer.dim
+    }
+
+    fn split_at(self, row: usize) -> (Self, Self) {
+        ForwardRows::split_at(self, row)
+    }
+
+    fn run(self) {
+        A::forward_rows(self);
+    }
+}
+
+/// Normalizes every row of the job.
+pub(crate) fn forward<A: Element>(job: ForwardRows<'_, A>) {
+    run(job);
 }
 
 /// Elements per chunk of the fused residual forward: a chunk's sums are written and then
 /// normalized while they are still in cache.
 const RESIDUAL_CHUNK_ELEMENTS: usize = 1 << 15;
 
-/// `sum = x + residual` and `out` normalized from `sum`, chunk by chunk, so that the sums are
-/// read back from cache: memory sees x and residual read once and sum and out written once.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn forward_residual<A: Element>(
-    x: &[A],
-    residual: &[A],
-    sum: &mut [A],
-    out: &mut [A],
-    dim: usize,
-    params: Params<'_, A>,
-    eps: A::Stat,
-    stats: RowStatsOut<'_, A::Stat>,
-) {
-    let chunk_rows = (RESIDUAL_CHUNK_ELEMENTS / dim).max(1);
-    let chunk = chunk_rows * dim;
-    type Chunk<'c, A, S> = (
-        (((&'c mut [A], &'c mut [A]), &'c [A]), &'c [A]),
-        (&'c mut [S], &'c mut [S]),
-    );
-    let work = |((((out, sum), x), residual), (mean, inv_std)): Chunk<'_, A, A::Stat>| {
-        for ((sum, &x), &residual) in sum.iter_mut().zip(x).zip(residual) {
-            *sum = x + residual;
-        }
-        let stats = RowStatsOut { mean, inv_std };
-        kernels::forward_rows(Some(&*sum), out, dim, params, eps, Some(stats));
-    };
-    #[cfg(feature = "rayon")]
-    if worth_splitting(out.len()) {
-        use rayon::prelude::*;
-        return out
-            .par_chunks_mut(chunk)
-            .zip(sum.par_chunks_mut(chunk))
-            .zip(x.par_chunks(chunk))
-            .zip(residual.par_chunks(chunk))
-            .zip(
-                stats
-                    .mean
-                    .par_chunks_mut(chunk_rows)
-                    .zip(stats.inv_std.par_chunks_mut(chunk_rows)),
-            )
-            .for_each(work);
+/// The fused residual forward: `sum = x + residual`, then `out` normalized from `sum`, with
+/// each row's statistics. `norm` is the forward job on `x` (never in place: `norm.x` is `x`),
+/// which each chunk runs on its sums instead.
+pub(crate) struct ResidualRows<'a, A: Element> {
+    pub(crate) norm: ForwardRows<'a, A>,
+    pub(crate) residual: &'a [A],
+    pub(crate) sum: &'a mut [A],
+}
+
+impl<A: Element> RowJob for ResidualRows<'_, A> {
+    const ALIGN: usize = 1;
+
+    fn rows(&self) -> usize {
+        self.norm.rows()
     }
-    out.chunks_mut(chunk)
-        .zip(sum.chunks_mut(chunk))
-        .zip(x.chunks(chunk))
-        .zip(residual.chunks(chunk))
-        .zip(
-            stats
-                .mean
-                .chunks_mut(chunk_rows)
-                .zip(stats.inv_std.chunks_mut(chunk_rows)),
+
+    fn dim(&self) -> usize {
+        self.norm.layer.dim
+    }
+
+    fn split_at(self, row: usize) -> (Self, Self) {
+        let at = row * self.norm.layer.dim;
+        let (norm_left, norm_right) = self.norm.split_at(row);
+        let (residual_left, residual_right) = self.residual.cut_at(at);
+        let (sum_left, sum_right) = self.sum.cut_at(at);
+        (
+            ResidualRows {
+                norm: norm_left,
+                residual: residual_left,
+                sum: sum_left,
+            },
+            ResidualRows {
+                norm: norm_right,
+                residual: residual_right,
+                sum: sum_right,
+            },
         )
-        .for_each(work);
-}
+    }
 
-/// Backward over all rows: writes `dx` (plus `dsum`, a gradient reaching the normalized input
-/// by another path, when given) and adds the parameter gradients into `totals`.
-pub(crate) fn backward<A: Element>(
-    inputs: BackwardRows<'_, A>,
-    dx: &mut [A],
-    totals: GradTotals<'_, A::Stat>,
-    dsum: Option<&[A]>,
-) {
-    #[cfg(feature = "rayon")]
-    if worth_splitting(dx.len()) {
-        return backward_parallel(inputs, dx, totals, dsum);
-    }
-    let mut scratch = Vec::new();
-    if totals.is_empty() && dsum.is_none() {
-        return kernels::backward_rows(inputs, dx, None, None, &mut scratch);
-    }
-    let dim = inputs.dim;
-    let mut block_gain = totals.gain.as_ref().map(|_| vec![A::Stat::zero(); dim]);
-    let mut block_bias = totals.bias.as_ref().map(|_| vec![A::Stat::zero(); dim]);
-    let GradTotals {
-        gain: mut total_gain,
-        bias: mut total_bias,
-    } = totals;
-    let rows = inputs.rows();
-    for start in (0..rows).step_by(GRAD_BLOCK_ROWS) {
-        let end = (start + GRAD_BLOCK_ROWS).min(rows);
-        let block = inputs.rows_range(start, end);
-        block_partial(
-            block,
-            &mut dx[start * dim..end * dim],
-            block_gain.as_deref_mut(),
-            block_bias.as_deref_mut(),
-            &mut scratch,
-            dsum.map(|dsum| &dsum[start * dim..end * dim]),
-        );
-        add_into(total_gain.as_deref_mut(), block_gain.as_deref());
-        add_into(total_bias.as_deref_mut(), block_bias.as_deref());
-    }
-}
-
-/// One block's contribution: `dx` for its rows, and its parameter-gradient sums from zero.
-fn block_partial<A: Element>(
-    block: BackwardRows<'_, A>,
-    dx: &mut [A],
-    mut partial_gain: Option<&mut [A::Stat]>,
-    mut partial_bias: Option<&mut [A::Stat]>,
-    scratch: &mut Vec<A>,
-    dsum: Option<&[A]>,
-) {
-    for partial in [partial_gain.as_deref_mut(), partial_bias.as_deref_mut()]
-        .into_iter()
-        .flatten()
-    {
-        partial.fill(A::Stat::zero());
-    }
-    kernels::backward_rows(block, dx, partial_gain, partial_bias, scratch);
-    if let Some(dsum) = dsum {
-        add_assign(dx, dsum);
-    }
-}
-
-/// `target += values`, element by element (the block is still in cache).
-pub(crate) fn add_assign<A: Element>(target: &mut [A], values: &[A]) {
-    for (target, &value) in target.iter_mut().zip(values) {
-        *target = *target + value;
-    }
-}
-
-fn add_into<S: Copy + std::ops::Add<Output = S>>(total: Option<&mut [S]>, part: Option<&[S]>) {
-    if let (Some(total), Some(part)) = (total, part) {
-        for (sum, &value) in total.iter_mut().zip(part) {
-            *sum = *sum + value;
+    /// Chunk by chunk, so that the sums are read back from cache: memory sees `x` and
+    /// `residual` read once and `sum` and `out` written once.
+    fn run(self) {
+        let chunk_rows = (RESIDUAL_CHUNK_ELEMENTS / self.dim()).max(1);
+        let mut rest = self;
+        while rest.rows() > 0 {
+            let rows = rest.rows();
+            let (chunk, later) = rest.split_at(chunk_rows.min(rows));
+            let x = chunk
+                .norm
+                .x
+                .expect("the residual job reads x, never in place");
+            for ((sum, &x), &residual) in chunk.sum.iter_mut().zip(x).zip(chunk.residual) {
+                *sum = x + residual;
+            }
+            let sum: &[A] = chunk.sum;
+            A::forward_rows(ForwardRows {
+                x: Some(sum),
+                ..chunk.norm
+            });
+            rest = later;
         }
     }
 }
 
-#[cfg(feature = "rayon")]
-fn backward_parallel<A: Element>(
-    inputs: BackwardRows<'_, A>,
-    dx: &mut [A],
-    totals: GradTotals<'_, A::Stat>,
-    dsum: Option<&[A]>,
-) {
-    let dim = inputs.dim;
-    let blocks = inputs.rows().div_ceil(GRAD_BLOCK_ROWS);
-    let mut partial_gain = totals
-        .gain
-        .as_ref()
-        .map(|_| vec![A::Stat::zero(); blocks * dim]);
-    let mut partial_bias = totals
-        .bias
-        .as_ref()
-        .map(|_| vec![A::Stat::zero(); blocks * dim]);
-    let blocks_per_task = (TASK_ELEMENTS / (dim * GRAD_BLOCK_ROWS)).max(1);
-    backward_split(
-        inputs,
-        dx,
-        partial_gain.as_deref_mut(),
-        partial_bias.as_deref_mut(),
-        dsum,
-        blocks_per_task,
-    );
-    let GradTotals {
-        gain: mut total_gain,
-        bias: mut total_bias,
-    } = totals;
-    for block in 0..blocks {
-        let range = block * dim..(block + 1) * dim;
-        add_into(
-            total_gain.as_deref_mut(),
-            partial_gain.as_ref().map(|p| &p[range.clone()]),
-        );
-        add_into(
-            total_bias.as_deref_mut(),
-            partial_bias.as_ref().map(|p| &p[range]),
-        );
+/// `sum = x + residual` and `out = norm(sum)`, with statistics.
+pub(crate) fn forward_residual<A: Element>(job: ResidualRows<'_, A>) {
+    run(job);
+}
+
+/// A backward job whose gradient sums hold one row of `dim` per block of [`GRAD_BLOCK_ROWS`]
+/// rows (or are not wanted).
+struct BlockedBackward<'a, A: Element>(BackwardJob<'a, A>);
+
+impl<A: Element> RowJob for BlockedBackward<'_, A> {
+    const ALIGN: usize = GRAD_BLOCK_ROWS;
+
+    fn rows(&self) -> usize {
+        self.0.rows()
+    }
+
+    fn dim(&self) -> usize {
+        self.0.rows.layer.dim
+    }
+
+    fn split_at(self, row: usize) -> (Self, Self) {
+        let (left, right) = self.0.split_at(row, GRAD_BLOCK_ROWS);
+        (BlockedBackward(left), BlockedBackward(right))
+    }
+
+    /// Block by block, each block's sums formed from zero in its own row of sums.
+    fn run(self) {
+        let mut scratch = Vec::new();
+        if !self.0.out.sums.is_wanted() {
+            return A::backward_rows(self.0, &mut scratch);
+        }
+        let mut rest = Some(self.0);
+        while let Some(job) = rest.take() {
+            let (mut block, later) = if job.rows() > GRAD_BLOCK_ROWS {
+                let (block, later) = job.split_at(GRAD_BLOCK_ROWS, GRAD_BLOCK_ROWS);
+                (block, Some(later))
+            } else {
+                (job, None)
+            };
+            block.out.sums.clear();
+            A::backward_rows(block, &mut scratch);
+            rest = later;
+        }
     }
 }
 
-/// Splits whole blocks across threads; each block writes its own slot of the partial buffers.
-#[cfg(feature = "rayon")]
-fn backward_split<A: Element>(
-    inputs: BackwardRows<'_, A>,
-    dx: &mut [A],
-    partial_gain: Option<&mut [A::Stat]>,
-    partial_bias: Option<&mut [A::Stat]>,
-    dsum: Option<&[A]>,
-    blocks_per_task: usize,
-) {
-    let dim = inputs.dim;
-    let rows = inputs.rows();
-    let blocks = rows.div_ceil(GRAD_BLOCK_ROWS);
-    if blocks <= blocks_per_task {
-        let mut partial_gain = partial_gain;
-        let mut partial_bias = partial_bias;
-        let mut scratch = Vec::new();
+/// Owned gradient sums: a buffer for each parameter gradient that is wanted.
+struct SumBuffers<S> {
+    gain: Option<Vec<S>>,
+    bias: Option<Vec<S>>,
+}
+
+impl<S: Copy + num_traits::Zero> SumBuffers<S> {
+    fn new<T>(wanted: &GradSums<'_, T>, len: usize) -> Self {
+        SumBuffers {
+            gain: wanted.gain.as_ref().map(|_| vec![S::zero(); len]),
+            bias: wanted.bias.as_ref().map(|_| vec![S::zero(); len]),
+        }
+    }
+}
+
+impl<S: Copy + std::ops::Add<Output = S>> SumBuffers<S> {
+    fn sums(&mut self) -> GradSums<'_, S> {
+        GradSums {
+            gain: self.gain.as_deref_mut(),
+            bias: self.bias.as_deref_mut(),
+        }
+    }
+
+    /// Adds the sums `range` into `totals`.
+    fn add_into(&self, totals: &mut GradSums<'_, S>, range: std::ops::Range<usize>) {
+        for (total, sums) in [
+            (totals.gain.as_deref_mut(), &self.gain),
+            (totals.bias.as_deref_mut(), &self.bias),
+        ] {
+            if let (Some(total), Some(sums)) = (total, sums) {
+                add_into(total, &sums[range.clone()]);
+            }
+        }
+    }
+}
+
+/// Backward over all rows: writes `dx` (plus `dsum` when given) and adds the parameter
+/// gradients into the job's sums (the caller's totals, one row of `dim` each), block by block
+/// in block order.
+pub(crate) fn backward<A: Element>(job: BackwardJob<'_, A>) {
+    if !job.out.sums.is_wanted() {
+        return run(BlockedBackward(job));
+    }
+    let dim = job.rows.layer.dim;
+    let rows = job.rows();
+    let BackwardJob {
+        rows: inputs,
+        out: BackwardOut {
+            dx,
+            dsum,
+            sums: mut totals,
+        },
+    } = job;
+    #[cfg(feature = "rayon")]
+    if task_rows(rows, dim, rayon::current_num_threads()).is_some() {
+        // Every block's sums in a row of its own, filled in any order, added up in block order.
+        let blocks = rows.div_ceil(GRAD_BLOCK_ROWS);
+        let mut partials = SumBuffers::<A::Stat>::new(&totals, blocks * dim);
+        run(BlockedBackward(BackwardJob {
+            rows: inputs,
+            out: BackwardOut {
+                dx,
+                dsum,
+                sums: partials.sums(),
+            },
+        }));
         for block in 0..blocks {
-            let start = block * GRAD_BLOCK_ROWS;
-            let end = (start + GRAD_BLOCK_ROWS).min(rows);
-            let slot = block * dim..(block + 1) * dim;
-            block_partial(
-                inputs.rows_range(start, end),
-                &mut dx[start * dim..end * dim],
-                partial_gain.as_deref_mut().map(|p| &mut p[slot.clone()]),
-                partial_bias.as_deref_mut().map(|p| &mut p[slot]),
-                &mut scratch,
-                dsum.map(|dsum| &dsum[start * dim..end * dim]),
-            );
+            partials.add_into(&mut totals, block * dim..(block + 1) * dim);
         }
         return;
     }
-    let half_blocks = blocks / 2;
-    let half_rows = half_blocks * GRAD_BLOCK_ROWS;
-    let (dx_left, dx_right) = dx.split_at_mut(half_rows * dim);
-    let (gain_left, gain_right) = split_option(partial_gain, half_blocks * dim);
-    let (bias_left, bias_right) = split_option(partial_bias, half_blocks * dim);
-    let left = inputs.rows_range(0, half_rows);
-    let right = inputs.rows_range(half_rows, rows);
-    let (dsum_left, dsum_right) = match dsum {
-        Some(dsum) => {
-            let (left, right) = dsum.split_at(half_rows * dim);
-            (Some(left), Some(right))
-        }
-        None => (None, None),
-    };
-    rayon::join(
-        || {
-            backward_split(
-                left,
-                dx_left,
-                gain_left,
-                bias_left,
-                dsum_left,
-                blocks_per_task,
-            )
-        },
-        || {
-            backward_split(
-                right,
-                dx_right,
-                gain_right,
-                bias_right,
-                dsum_right,
-                blocks_per_task,
-            )
-        },
-    );
+    // On the calling thread: one block's sums at a time, added to the totals as they come.
+    let mut block_sums = SumBuffers::<A::Stat>::new(&totals, dim);
+    let mut scratch = Vec::new();
+    for start in (0..rows).step_by(GRAD_BLOCK_ROWS) {
+        let end = (start + GRAD_BLOCK_ROWS).min(rows);
+        let mut block = BackwardJob {
+            rows: inputs.rows_range(start, end),
+            out: BackwardOut {
+                dx: &mut dx[start * dim..end * dim],
+                dsum: dsum.map(|dsum| &dsum[start * dim..end * dim]),
+                sums: block_sums.sums(),
+            },
+        };
+        block.out.sums.clear();
+        A::backward_rows(block, &mut scratch);
+        block_sums.add_into(&mut totals, 0..dim);
+    }
 }
 
-#[cfg(feature = "rayon")]
-fn split_option<T>(slice: Option<&mut [T]>, at: usize) -> (Option<&mut [T]>, Option<&mut [T]>) {
-    match slice {
-        Some(slice) => {
-            let (left, right) = slice.split_at_mut(at);
-            (Some(left), Some(right))
-        }
-        None => (None, None),
+#[cfg(all(test, feature = "rayon"))]
+mod tests {
+    use super::task_rows;
+
+    /// The tasks each shape is cut into: one thread or a small batch stays whole; otherwise
+    /// tasks of about 65 536 elements.
+    #[test]
+    fn task_rows_cut_batches_into_tasks_of_about_65536_elements() {
+        assert_eq!(task_rows(512, 1024, 1), None);
+        assert_eq!(task_rows(32, 768, 16), None);
+        assert_eq!(task_rows(512, 1024, 2), Some(64));
+        assert_eq!(task_rows(4096, 1024, 16), Some(64));
+        assert_eq!(task_rows(65536, 64, 2), Some(1024));
+        assert_eq!(task_rows(2, 1 << 20, 2), Some(1));
     }
 }

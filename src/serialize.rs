@@ -4,10 +4,10 @@
 //! (gain and bias of different lengths, a length other than `dim`, a bad `eps`, `dim = 0`) is
 //! a deserialization error naming the problem, never a layer that fails later.
 
-use crate::core::NormCore;
 use crate::element::Element;
 use crate::error::NormError;
 use crate::layer_norm::LayerNorm;
+use crate::norm::{Centering, NormCore};
 use crate::rms_norm::RmsNorm;
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};
@@ -32,31 +32,14 @@ impl<A: Element> NormRecord<A> {
         }
     }
 
-    fn into_core(self, centered: bool) -> Result<NormCore<A>, NormError> {
-        let check = |argument: &'static str, values: &Option<Vec<A>>| match values {
-            Some(values) if values.len() != self.dim => Err(NormError::ShapeMismatch {
-                argument,
-                expected: vec![self.dim],
-                found: vec![values.len()],
-            }),
-            _ => Ok(()),
-        };
-        if self.dim == 0 {
-            return Err(NormError::ZeroDim);
-        }
-        check("gain", &self.gain)?;
-        check("bias", &self.bias)?;
+    fn into_core(self, centering: Centering) -> Result<NormCore<A>, NormError> {
         let (gain, bias) = (self.gain.map(Array1::from), self.bias.map(Array1::from));
-        if gain.is_none() && bias.is_none() {
-            return NormCore::without_affine(self.dim, centered)
-                .and_then(|mut core| core.set_eps(self.eps).map(|()| core));
-        }
-        NormCore::from_params(gain, bias, self.eps, centered)
+        NormCore::new(centering, self.dim, gain, bias, self.eps)
     }
 }
 
 macro_rules! impl_serde {
-    ($layer:ident, $centered:expr) => {
+    ($layer:ident, $centering:expr) => {
         impl<A: Element + Serialize> Serialize for $layer<A> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 NormRecord::from_core(self.core()).serialize(serializer)
@@ -67,7 +50,7 @@ macro_rules! impl_serde {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 let record = NormRecord::<A>::deserialize(deserializer)?;
                 let core = record
-                    .into_core($centered)
+                    .into_core($centering)
                     .map_err(serde::de::Error::custom)?;
                 Ok($layer::from_core(core))
             }
@@ -75,5 +58,5 @@ macro_rules! impl_serde {
     };
 }
 
-impl_serde!(LayerNorm, true);
-impl_serde!(RmsNorm, false);
+impl_serde!(LayerNorm, Centering::Mean);
+impl_serde!(RmsNorm, Centering::None);

@@ -1,6 +1,7 @@
-//! Per-row statistics saved by the forward pass for the backward pass.
+//! What forward and backward return: per-row statistics saved by the forward pass for the
+//! backward pass, the fused residual step's results, and the gradients.
 
-use ndarray::{Array, ArrayView, Dimension};
+use ndarray::{Array, Array1, ArrayView, Dimension};
 use num_traits::Zero;
 
 /// Per-row mean and inverse standard deviation, as computed by
@@ -189,4 +190,33 @@ impl<S, D: Dimension> RmsStats<S, D> {
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
     }
+}
+
+/// Gradients returned by [`LayerNorm::backward`](crate::LayerNorm::backward).
+///
+/// `gain` and `bias` are `None` where the layer has no such parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerNormGrads<A, D: Dimension> {
+    /// `∂L/∂x`, shaped like the input.
+    pub input: Array<A, D>,
+    /// `∂L/∂gain`, one value per feature: `Σ_rows dyᵢ · x̂ᵢ`.
+    #[doc(alias = "weight")]
+    #[doc(alias = "gamma")]
+    pub gain: Option<Array1<A>>,
+    /// `∂L/∂bias`, one value per feature: `Σ_rows dyᵢ`.
+    #[doc(alias = "beta")]
+    pub bias: Option<Array1<A>>,
+}
+
+/// What the fused residual forward returns: `output = norm(x + residual)`, the `sum`
+/// `x + residual` (the residual stream the next block adds to), and the statistics the backward
+/// pass needs ([`NormStats`] for LayerNorm, [`RmsStats`] for RmsNorm).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidualForward<A, D: Dimension, St> {
+    /// The normalized sum, shaped like `x`.
+    pub output: Array<A, D>,
+    /// `x + residual`, shaped like `x`.
+    pub sum: Array<A, D>,
+    /// Per-row statistics of the sum.
+    pub stats: St,
 }

@@ -3,7 +3,10 @@
 //! f64 statistics and gradient sums are rounded to f32 on the way out, and widened exactly on
 //! the way in.
 
-use super::{simd, BackwardRows, Params, RowStatsOut};
+use super::{
+    add_into, simd, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer,
+    RowStatsOut,
+};
 use crate::element::Element;
 use half::slice::HalfFloatSliceExt;
 
@@ -41,21 +44,37 @@ fn widened<H: HalfElement>(values: Option<&[H]>) -> Option<Vec<f32>> {
     })
 }
 
+/// The layer's parameters widened to f32 (owned for the duration of one call).
+struct WideParams {
+    gain: Option<Vec<f32>>,
+    bias: Option<Vec<f32>>,
+}
+
+impl WideParams {
+    fn new<H: HalfElement>(layer: Layer<'_, H>) -> Self {
+        WideParams {
+            gain: widened(layer.gain),
+            bias: widened(layer.bias),
+        }
+    }
+
+    fn layer<H: HalfElement>(&self, layer: Layer<'_, H>) -> Layer<'_, f32> {
+        Layer {
+            dim: layer.dim,
+            gain: self.gain.as_deref(),
+            bias: self.bias.as_deref(),
+            centered: layer.centered,
+            eps: f64::from(layer.eps),
+        }
+    }
+}
+
 /// Forward pass over whole rows of half data; see `scalar::forward_rows`.
-pub(crate) fn forward_rows<H: HalfElement>(
-    x: Option<&[H]>,
-    out: &mut [H],
-    dim: usize,
-    params: Params<'_, H>,
-    eps: f32,
-    mut stats: Option<RowStatsOut<'_, f32>>,
-) {
-    let (gain, bias) = (widened(params.gain), widened(params.bias));
-    let params = Params {
-        gain: gain.as_deref(),
-        bias: bias.as_deref(),
-        centered: params.centered,
-    };
+pub(crate) fn forward_rows<H: HalfElement>(job: ForwardRows<'_, H>) {
+    let (layer, x, out, mut stats) = (job.layer, job.x, job.out, job.stats);
+    let dim = layer.dim;
+    let params = WideParams::new(layer);
+    let wide_layer = params.layer(layer);
     let chunk_rows = (CHUNK_ELEMENTS / dim).max(1);
     let mut x_wide = vec![0.0f32; chunk_rows * dim];
     let mut out_wide = vec![0.0f32; chunk_rows * dim];
@@ -70,18 +89,15 @@ pub(crate) fn forward_rows<H: HalfElement>(
             Some(x) => H::widen(&x[chunk * chunk_rows * dim..][..out_chunk.len()], x_wide),
             None => H::widen(out_chunk, x_wide),
         }
-        let wide_stats = RowStatsOut {
-            mean: &mut means[..rows],
-            inv_std: &mut inv_stds[..rows],
-        };
-        simd::forward_rows(
-            Some(x_wide),
-            out_wide,
-            dim,
-            params,
-            f64::from(eps),
-            Some(wide_stats),
-        );
+        simd::forward_rows(ForwardRows {
+            layer: wide_layer,
+            x: Some(x_wide),
+            out: out_wide,
+            stats: Some(RowStatsOut {
+                mean: &mut means[..rows],
+                inv_std: &mut inv_stds[..rows],
+            }),
+        });
         H::narrow(out_wide, out_chunk);
         if let Some(stats) = stats.as_mut() {
             let first = chunk * chunk_rows;
@@ -95,14 +111,11 @@ pub(crate) fn forward_rows<H: HalfElement>(
 
 /// Backward pass over whole rows of half data; see `scalar::backward_rows`. Chunks are whole
 /// multiples of the f32 kernel's folding period, so the sums come out as from one call.
-pub(crate) fn backward_rows<H: HalfElement>(
-    rows: BackwardRows<'_, H>,
-    dx: &mut [H],
-    partial_gain: Option<&mut [f32]>,
-    partial_bias: Option<&mut [f32]>,
-) {
-    let dim = rows.dim;
-    let gain = widened(rows.gain);
+pub(crate) fn backward_rows<H: HalfElement>(job: BackwardJob<'_, H>) {
+    let (rows, BackwardOut { dx, dsum, sums }) = (job.rows, job.out);
+    let dim = rows.layer.dim;
+    let params = WideParams::new(rows.layer);
+    let wide_layer = params.layer(rows.layer);
     let chunk_rows = (CHUNK_ELEMENTS / dim)
         .max(1)
         .next_multiple_of(simd::FOLD_ROWS);
@@ -113,8 +126,8 @@ pub(crate) fn backward_rows<H: HalfElement>(
         vec![0.0f32; chunk],
     );
     let (mut means, mut inv_stds) = (vec![0.0f64; chunk_rows], vec![0.0f64; chunk_rows]);
-    let mut sums_gain = partial_gain.as_ref().map(|_| vec![0.0f64; dim]);
-    let mut sums_bias = partial_bias.as_ref().map(|_| vec![0.0f64; dim]);
+    let mut sums_gain = sums.gain.as_ref().map(|_| vec![0.0f64; dim]);
+    let mut sums_bias = sums.bias.as_ref().map(|_| vec![0.0f64; dim]);
     let mut scratch = Vec::new();
     for (index, dx_chunk) in dx.chunks_mut(chunk).enumerate() {
         let count = dx_chunk.len() / dim;
@@ -133,26 +146,30 @@ pub(crate) fn backward_rows<H: HalfElement>(
         for (wide, &narrow) in inv_stds.iter_mut().zip(part.inv_stds) {
             *wide = f64::from(narrow);
         }
-        let wide_rows = BackwardRows {
-            x,
-            dy,
-            means: &means[..count],
-            inv_stds: &inv_stds[..count],
-            gain: gain.as_deref(),
-            centered: rows.centered,
-            eps: f64::from(rows.eps),
-            dim,
+        let wide_job = BackwardJob {
+            rows: BackwardRows {
+                layer: wide_layer,
+                x,
+                dy,
+                means: &means[..count],
+                inv_stds: &inv_stds[..count],
+            },
+            out: BackwardOut {
+                dx: dx_wide,
+                dsum: None,
+                sums: GradSums {
+                    gain: sums_gain.as_deref_mut(),
+                    bias: sums_bias.as_deref_mut(),
+                },
+            },
         };
-        simd::backward_rows(
-            wide_rows,
-            dx_wide,
-            sums_gain.as_deref_mut(),
-            sums_bias.as_deref_mut(),
-            &mut scratch,
-        );
+        simd::backward_rows(wide_job, &mut scratch);
         H::narrow(dx_wide, dx_chunk);
+        if let Some(dsum) = dsum {
+            add_into(dx_chunk, &dsum[first * dim..][..dx_chunk.len()]);
+        }
     }
-    for (partial, sums) in [(partial_gain, sums_gain), (partial_bias, sums_bias)] {
+    for (partial, sums) in [(sums.gain, sums_gain), (sums.bias, sums_bias)] {
         if let (Some(partial), Some(sums)) = (partial, sums) {
             for (total, sum) in partial.iter_mut().zip(sums) {
                 *total += sum as f32;

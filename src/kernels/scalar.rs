@@ -12,9 +12,9 @@
 //! ```
 //!
 //! Uncentered rows (RmsNorm) take μ = 0 and drop the mean(g) term: σ² = mean(x²),
-//! dxᵢ = r · (gᵢ − x̂ᵢ · mean(g ⊙ x̂)).
+//! dxᵢ = r · (gᵢ − x̂ᵢ · mean(g ⊙ x̂)). The fused residual form adds `dsum` to `dx`.
 
-use super::{BackwardRows, Params, RowStatsOut};
+use super::{add_into, BackwardJob, ForwardRows, Layer};
 use crate::element::Element;
 use num_traits::{Float, FromPrimitive, One, Zero};
 
@@ -90,62 +90,55 @@ fn normalize_row<A: Element>(
     out: &mut [A],
     mean: A::Stat,
     inv_std: A::Stat,
-    params: Params<'_, A>,
+    layer: Layer<'_, A>,
 ) {
     for i in 0..out.len() {
         let value = x.map_or(out[i], |x| x[i]);
         let mut y = normalized(value.to_stat(), mean, inv_std);
-        if let Some(gain) = params.gain {
+        if let Some(gain) = layer.gain {
             y = y * gain[i].to_stat();
         }
-        if let Some(bias) = params.bias {
+        if let Some(bias) = layer.bias {
             y = y + bias[i].to_stat();
         }
         out[i] = A::from_stat(y);
     }
 }
 
-/// Forward pass over whole rows of length `dim`. With `x = None` the input is read from `out`
-/// and overwritten. When `stats` is given, each row's mean and inv_std are stored in it.
-pub(crate) fn forward_rows<A: Element>(
-    x: Option<&[A]>,
-    out: &mut [A],
-    dim: usize,
-    params: Params<'_, A>,
-    eps: A::Stat,
-    mut stats: Option<RowStatsOut<'_, A::Stat>>,
-) {
-    for (row_index, out_row) in out.chunks_exact_mut(dim).enumerate() {
+/// Forward pass over whole rows: each row of `x` (of `out` itself when `x` is `None`)
+/// normalized into `out`, its mean and inv_std stored in `stats` when given.
+pub(crate) fn forward_rows<A: Element>(job: ForwardRows<'_, A>) {
+    let (layer, x, mut stats) = (job.layer, job.x, job.stats);
+    let dim = layer.dim;
+    for (row_index, out_row) in job.out.chunks_exact_mut(dim).enumerate() {
         let x_row = x.map(|x| &x[row_index * dim..(row_index + 1) * dim]);
-        let (mean, inv_std) = row_stats(x_row.unwrap_or(out_row), eps, params.centered);
+        let (mean, inv_std) = row_stats(x_row.unwrap_or(out_row), layer.eps, layer.centered);
         if let Some(stats) = stats.as_mut() {
             stats.mean[row_index] = mean;
             stats.inv_std[row_index] = inv_std;
         }
-        normalize_row(x_row, out_row, mean, inv_std, params);
+        normalize_row(x_row, out_row, mean, inv_std, layer);
     }
 }
 
-/// Backward pass over whole rows: writes `dx` and, row by row in order, adds each row's
-/// `dyᵢ · x̂ᵢ` into `dgain` and `dyᵢ` into `dbias` when they are given.
-pub(crate) fn backward_rows<A: Element>(
-    rows: BackwardRows<'_, A>,
-    dx: &mut [A],
-    mut dgain: Option<&mut [A::Stat]>,
-    mut dbias: Option<&mut [A::Stat]>,
-) {
-    let dim = rows.dim;
+/// Backward pass over whole rows: writes `dx` (plus `dsum` when given) and, row by row in
+/// order, adds each row's `dyᵢ · x̂ᵢ` into the gain sums and `dyᵢ` into the bias sums when they
+/// are wanted.
+pub(crate) fn backward_rows<A: Element>(job: BackwardJob<'_, A>) {
+    let (rows, out) = (job.rows, job.out);
+    let (dsum, mut dgain, mut dbias) = (out.dsum, out.sums.gain, out.sums.bias);
+    let dim = rows.layer.dim;
     let n = len_as::<A::Stat>(dim);
-    for (row_index, dx_row) in dx.chunks_exact_mut(dim).enumerate() {
-        let x_row = &rows.x[row_index * dim..(row_index + 1) * dim];
-        let dy_row = &rows.dy[row_index * dim..(row_index + 1) * dim];
+    for (row_index, dx_row) in out.dx.chunks_exact_mut(dim).enumerate() {
+        let range = row_index * dim..(row_index + 1) * dim;
+        let (x_row, dy_row) = (&rows.x[range.clone()], &rows.dy[range.clone()]);
         let (mean, inv_std) = (rows.means[row_index], rows.inv_stds[row_index]);
         let x_hat = |i: usize| normalized(x_row[i].to_stat(), mean, inv_std);
-        let g = |i: usize| match rows.gain {
+        let g = |i: usize| match rows.layer.gain {
             Some(gain) => gain[i].to_stat() * dy_row[i].to_stat(),
             None => dy_row[i].to_stat(),
         };
-        let mean_g = if rows.centered {
+        let mean_g = if rows.layer.centered {
             pairwise_sum(0, dim, &g) / n
         } else {
             A::Stat::zero()
@@ -153,6 +146,9 @@ pub(crate) fn backward_rows<A: Element>(
         let mean_g_x_hat = pairwise_sum(0, dim, &|i| g(i) * x_hat(i)) / n;
         for (i, dx) in dx_row.iter_mut().enumerate() {
             *dx = A::from_stat(inv_std * (g(i) - mean_g - x_hat(i) * mean_g_x_hat));
+        }
+        if let Some(dsum) = dsum {
+            add_into(dx_row, &dsum[range]);
         }
         if let Some(dgain) = dgain.as_deref_mut() {
             for (i, sum) in dgain.iter_mut().enumerate() {

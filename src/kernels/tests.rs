@@ -8,8 +8,10 @@
 //! For f64 the specification's plain f64 mean is itself off by ~ulp(|μ|)/σ of the scale, so
 //! the allowance grows with the row's offset.
 
-use super::simd::{backward_rows_on, forward_rows_on, SimdFloat};
-use super::{scalar, BackwardRows, Params, RowStatsOut};
+use super::simd::{Backward, SimdFloat};
+use super::{
+    scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -93,18 +95,20 @@ fn check_type<T: SimdFloat>(ulps_at_zero_offset: f64, offsets: &[f64]) {
                         (Some(&data.gain[..]), None, false),
                         (None, Some(&data.bias[..]), false),
                     ] {
-                        let params = Params {
+                        let layer = Layer {
+                            dim,
                             gain,
                             bias,
                             centered,
+                            eps: 1e-5,
                         };
                         let context = format!(
                             "{name} dim {dim} start {start} offset {mean_offset} gain {} bias {} centered {centered}",
                             gain.is_some(),
                             bias.is_some()
                         );
-                        check_forward(arch, x, dim, params, ulps, &context);
-                        check_backward(arch, x, dy, dim, params, ulps, &context);
+                        check_forward(arch, x, layer, ulps, &context);
+                        check_backward(arch, x, dy, layer, ulps, &context);
                     }
                 }
             }
@@ -112,43 +116,49 @@ fn check_type<T: SimdFloat>(ulps_at_zero_offset: f64, offsets: &[f64]) {
     }
 }
 
+/// Forward of `x` (`None`: in place in `out`) on `arch`, or by the specification.
+fn forward<T: SimdFloat>(
+    arch: Option<pulp::Arch>,
+    layer: Layer<'_, T>,
+    x: Option<&[T]>,
+    out: &mut [T],
+    stats: Option<RowStatsOut<'_, f64>>,
+) {
+    let job = ForwardRows {
+        layer,
+        x,
+        out,
+        stats,
+    };
+    match arch {
+        Some(arch) => arch.dispatch(job),
+        None => scalar::forward_rows(job),
+    }
+}
+
 fn check_forward<T: SimdFloat>(
     arch: pulp::Arch,
     x: &[T],
-    dim: usize,
-    params: Params<'_, T>,
+    layer: Layer<'_, T>,
     ulps: f64,
     context: &str,
 ) {
-    let eps = 1e-5;
+    let (dim, params) = (layer.dim, layer);
     let rows = x.len() / dim;
     let (mut spec_mean, mut spec_inv_std) = (vec![0.0; rows], vec![0.0; rows]);
     let mut spec = vec![T::zero(); x.len()];
-    scalar::forward_rows(
-        Some(x),
-        &mut spec,
-        dim,
-        params,
-        eps,
-        Some(RowStatsOut {
-            mean: &mut spec_mean,
-            inv_std: &mut spec_inv_std,
-        }),
-    );
+    let spec_stats = RowStatsOut {
+        mean: &mut spec_mean,
+        inv_std: &mut spec_inv_std,
+    };
+    forward(None, layer, Some(x), &mut spec, Some(spec_stats));
     let (mut mean, mut inv_std) = (vec![0.0; rows], vec![0.0; rows]);
     let mut fast = vec![T::zero(); x.len()];
-    forward_rows_on(
-        arch,
-        Some(x),
-        &mut fast,
-        dim,
-        params,
-        eps,
-        Some(RowStatsOut {
-            mean: &mut mean,
-            inv_std: &mut inv_std,
-        }),
-    );
+    let stats = RowStatsOut {
+        mean: &mut mean,
+        inv_std: &mut inv_std,
+    };
+    forward(Some(arch), layer, Some(x), &mut fast, Some(stats));
     // y = gain · x̂ + bias: its scale is max |gain · x̂| + max |bias|.
     let magnitude = |values: Option<&[T]>| {
         values.map_or(1.0, |v| {
@@ -178,63 +188,75 @@ fn check_forward<T: SimdFloat>(
         );
     }
     let mut in_place = x.to_vec();
-    forward_rows_on(arch, None, &mut in_place, dim, params, eps, None);
+    forward(Some(arch), layer, None, &mut in_place, None);
     assert!(
         in_place == fast,
         "in place differs from out of place: {context}"
     );
 }
 
+/// Backward on `arch`, or by the specification.
+fn backward<T: SimdFloat>(
+    arch: Option<pulp::Arch>,
+    rows: BackwardRows<'_, T>,
+    dx: &mut [T],
+    dsum: Option<&[T]>,
+    sums: GradSums<'_, f64>,
+) {
+    let job = BackwardJob {
+        rows,
+        out: BackwardOut { dx, dsum, sums },
+    };
+    match arch {
+        Some(arch) => arch.dispatch(Backward {
+            job,
+            scratch: &mut Vec::new(),
+        }),
+        None => scalar::backward_rows(job),
+    }
+}
+
+fn both_sums<'a>(gain: &'a mut [f64], bias: &'a mut [f64]) -> GradSums<'a, f64> {
+    GradSums {
+        gain: Some(gain),
+        bias: Some(bias),
+    }
+}
+
 fn check_backward<T: SimdFloat>(
     arch: pulp::Arch,
     x: &[T],
     dy: &[T],
-    dim: usize,
-    params: Params<'_, T>,
+    layer: Layer<'_, T>,
     ulps: f64,
     context: &str,
 ) {
-    let (gain, centered) = (params.gain, params.centered);
-    let eps = 1e-5;
+    let (dim, gain) = (layer.dim, layer.gain);
     let rows = x.len() / dim;
     let (mut means, mut inv_stds) = (vec![0.0; rows], vec![0.0; rows]);
     let mut y = vec![T::zero(); x.len()];
-    let stats = Some(RowStatsOut {
+    let stats = RowStatsOut {
         mean: &mut means,
         inv_std: &mut inv_stds,
-    });
-    scalar::forward_rows(Some(x), &mut y, dim, params, eps, stats);
+    };
+    forward(None, layer, Some(x), &mut y, Some(stats));
     let backward_rows = BackwardRows {
+        layer,
         x,
         dy,
         means: &means,
         inv_stds: &inv_stds,
-        gain,
-        centered,
-        eps,
-        dim,
     };
 
     let mut spec_dx = vec![T::zero(); x.len()];
     let (mut spec_gain, mut spec_bias) = (vec![0.0; dim], vec![0.0; dim]);
-    scalar::backward_rows(
-        backward_rows,
-        &mut spec_dx,
-        Some(&mut spec_gain),
-        Some(&mut spec_bias),
-    );
+    let spec_sums = both_sums(&mut spec_gain, &mut spec_bias);
+    backward(None, backward_rows, &mut spec_dx, None, spec_sums);
 
     let mut dx = vec![T::zero(); x.len()];
     let (mut partial_gain, mut partial_bias) = (vec![0.0; dim], vec![0.0; dim]);
-    let mut scratch = Vec::new();
-    backward_rows_on(
-        arch,
-        backward_rows,
-        &mut dx,
-        Some(&mut partial_gain),
-        Some(&mut partial_bias),
-        &mut scratch,
-    );
+    let sums = both_sums(&mut partial_gain, &mut partial_bias);
+    backward(Some(arch), backward_rows, &mut dx, None, sums);
     // dx = r · (g − mean(g) − x̂ · mean(g ⊙ x̂)): its scale is r · max |g| per row.
     let g = |row: usize, i: usize| {
         gain.map_or(1.0, |gain| gain[i].to_stat()) * dy[row * dim + i].to_stat()
@@ -260,12 +282,28 @@ fn check_backward<T: SimdFloat>(
         );
     }
 
+    let no_sums = || GradSums {
+        gain: None,
+        bias: None,
+    };
     let mut dx_only = vec![T::zero(); x.len()];
-    backward_rows_on(arch, backward_rows, &mut dx_only, None, None, &mut scratch);
+    backward(Some(arch), backward_rows, &mut dx_only, None, no_sums());
     assert!(
         dx_only == dx,
         "dx depends on whether parameter gradients are wanted: {context}"
     );
+    // dsum is added to each row's dx after it is computed, in the data type.
+    let dsum: Vec<T> = dy.iter().map(|&v| v * T::from_stat(0.25)).collect();
+    let mut dx_with_sum = vec![T::zero(); x.len()];
+    backward(
+        Some(arch),
+        backward_rows,
+        &mut dx_with_sum,
+        Some(&dsum),
+        no_sums(),
+    );
+    let expected: Vec<T> = dx.iter().zip(&dsum).map(|(&a, &b)| a + b).collect();
+    assert!(dx_with_sum == expected, "dx + dsum: {context}");
 }
 
 #[test]
@@ -316,18 +354,20 @@ fn mixed_rows(dim: usize) -> (Vec<f32>, Vec<bool>) {
 fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
     for dim in [37, 300, 1000] {
         let (x, falls_back) = mixed_rows(dim);
-        let params = Params {
+        let layer = Layer {
+            dim,
             gain: None,
             bias: None,
             centered: true,
+            eps: 0.0,
         };
         let mut spec = vec![0.0f32; x.len()];
-        scalar::forward_rows(Some(&x), &mut spec, dim, params, 0.0, None);
+        forward(None, layer, Some(&x), &mut spec, None);
         for (name, arch) in instruction_sets() {
             let mut fast = vec![0.0f32; x.len()];
-            forward_rows_on(arch, Some(&x), &mut fast, dim, params, 0.0, None);
+            forward(Some(arch), layer, Some(&x), &mut fast, None);
             let mut in_place = x.clone();
-            forward_rows_on(arch, None, &mut in_place, dim, params, 0.0, None);
+            forward(Some(arch), layer, None, &mut in_place, None);
             let same_bits =
                 |a: &f32, b: &f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
             assert!(

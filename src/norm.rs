@@ -1,30 +1,28 @@
-//! The machinery [`LayerNorm`](crate::LayerNorm) and [`RmsNorm`](crate::RmsNorm) share:
-//! parameters, validation, array layouts and the calls into the row drivers. The public types
-//! wrap it, choose whether rows are centered, and carry the documentation.
+//! What [`LayerNorm`](crate::LayerNorm) and [`RmsNorm`](crate::RmsNorm) share: the
+//! parameters and their validation, the checks of every argument's shape, the ndarray layouts,
+//! and the jobs handed to the row driver (`rows.rs`). The public types wrap a [`NormCore`],
+//! choose its [`Centering`], and carry the documentation.
 
 use crate::element::Element;
 use crate::error::NormError;
-use crate::kernels::{BackwardRows, Params, RowStatsOut};
-use crate::layer_norm::LayerNormGrads;
-use crate::rows::{self, GradTotals};
-use crate::stats::NormStats;
+use crate::kernels::{
+    BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
+};
+use crate::rows::{self, ResidualRows};
+use crate::stats::{LayerNormGrads, NormStats};
 use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
 use num_traits::{FromPrimitive, One, Zero};
 
 /// The default `eps`, as in PyTorch, ONNX and candle.
 pub const DEFAULT_EPS: f64 = 1e-5;
 
-/// What the fused residual forward returns: `output = norm(x + residual)`, the `sum`
-/// `x + residual` (the residual stream the next block adds to), and the statistics the backward
-/// pass needs ([`NormStats`] for LayerNorm, [`RmsStats`](crate::RmsStats) for RmsNorm).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResidualForward<A, D: Dimension, St> {
-    /// The normalized sum, shaped like `x`.
-    pub output: Array<A, D>,
-    /// `x + residual`, shaped like `x`.
-    pub sum: Array<A, D>,
-    /// Per-row statistics of the sum.
-    pub stats: St,
+/// Whether a layer subtracts each row's mean before scaling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Centering {
+    /// LayerNorm: `x − μ`, scaled by `1/√(σ² + ε)`.
+    Mean,
+    /// RmsNorm: `x` itself, scaled by `1/√(mean(x²) + ε)`.
+    None,
 }
 
 /// Parameters and kind of a normalization layer; see the public types for what each does.
@@ -34,8 +32,25 @@ pub(crate) struct NormCore<A: Element> {
     gain: Option<Array1<A>>,
     bias: Option<Array1<A>>,
     eps: f64,
-    /// LayerNorm subtracts the row mean; RmsNorm does not.
-    centered: bool,
+    centering: Centering,
+}
+
+/// Where a backward call writes: `dx`, and the accumulators the parameter gradients are added
+/// into (where the caller wants them).
+pub(crate) struct GradsInto<'a, A, D: Dimension> {
+    dx: &'a mut ArrayRef<A, D>,
+    gain: Option<&'a mut ArrayRef1<A>>,
+    bias: Option<&'a mut ArrayRef1<A>>,
+}
+
+impl<'a, A, D: Dimension> GradsInto<'a, A, D> {
+    pub(crate) fn new(
+        dx: &'a mut ArrayRef<A, D>,
+        gain: Option<&'a mut ArrayRef1<A>>,
+        bias: Option<&'a mut ArrayRef1<A>>,
+    ) -> Self {
+        GradsInto { dx, gain, bias }
+    }
 }
 
 fn validate_eps(eps: f64) -> Result<f64, NormError> {
@@ -71,10 +86,10 @@ fn expect_shape(
     }
 }
 
-/// The shape of a batch's statistics: the input's shape without its last axis.
-/// Callers have checked that the input has at least one axis.
+/// The shape of a batch's statistics: the input's shape without its last axis (no axis for an
+/// input without axes, which the shape checks reject).
 fn stats_dim<D: Dimension>(input_dim: &D) -> D::Smaller {
-    let leading = &input_dim.slice()[..input_dim.ndim() - 1];
+    let leading = &input_dim.slice()[..input_dim.ndim().saturating_sub(1)];
     let mut dim = D::Smaller::zeros(leading.len());
     dim.slice_mut().copy_from_slice(leading);
     dim
@@ -87,7 +102,7 @@ fn write_standard<A: Element, D: Dimension>(out: &mut ArrayRef<A, D>, fill: impl
         fill(slice);
         return;
     }
-    let mut buffer = vec![A::from_stat(A::Stat::zero()); out.len()];
+    let mut buffer = vec![zero::<A>(); out.len()];
     fill(&mut buffer);
     let view = ndarray::ArrayView::from_shape(out.raw_dim(), &buffer)
         .expect("buffer has exactly out.len() elements");
@@ -95,49 +110,45 @@ fn write_standard<A: Element, D: Dimension>(out: &mut ArrayRef<A, D>, fill: impl
 }
 
 impl<A: Element> NormCore<A> {
-    /// A layer over `dim` features with gain 1 and bias 0 where present, and the default eps.
+    /// The one constructor: a layer over `dim` features with the given parameters (each, where
+    /// present, of length `dim`) and eps, all validated.
     pub(crate) fn new(
+        centering: Centering,
         dim: usize,
-        gain: bool,
-        bias: bool,
-        centered: bool,
-    ) -> Result<Self, NormError> {
-        let dim = validate_dim(dim)?;
-        let one = A::from_stat(A::Stat::one());
-        let zero = A::from_stat(A::Stat::zero());
-        Ok(NormCore {
-            dim,
-            gain: gain.then(|| Array1::from_elem(dim, one)),
-            bias: bias.then(|| Array1::from_elem(dim, zero)),
-            eps: DEFAULT_EPS,
-            centered,
-        })
-    }
-
-    /// A layer from given parameters (at least one of them, of equal length) and eps.
-    pub(crate) fn from_params(
         gain: Option<Array1<A>>,
         bias: Option<Array1<A>>,
         eps: f64,
-        centered: bool,
     ) -> Result<Self, NormError> {
-        let len = gain.as_ref().or(bias.as_ref()).map_or(0, |p| p.len());
-        let dim = validate_dim(len)?;
-        if let (Some(_), Some(bias)) = (&gain, &bias) {
-            expect_shape("bias", &[dim], bias.shape())?;
+        let dim = validate_dim(dim)?;
+        for (argument, parameter) in [("gain", &gain), ("bias", &bias)] {
+            if let Some(parameter) = parameter {
+                expect_shape(argument, &[dim], parameter.shape())?;
+            }
         }
         Ok(NormCore {
             dim,
             gain,
             bias,
             eps: validate_eps(eps)?,
-            centered,
+            centering,
         })
     }
 
-    /// A layer with neither gain nor bias.
-    pub(crate) fn without_affine(dim: usize, centered: bool) -> Result<Self, NormError> {
-        Self::new(dim, false, false, centered)
+    /// Gain 1 where `gain`, bias 0 where `bias`, and the default eps.
+    pub(crate) fn with_defaults(
+        centering: Centering,
+        dim: usize,
+        gain: bool,
+        bias: bool,
+    ) -> Result<Self, NormError> {
+        let one = A::from_stat(A::Stat::one());
+        Self::new(
+            centering,
+            dim,
+            gain.then(|| Array1::from_elem(dim, one)),
+            bias.then(|| Array1::from_elem(dim, zero::<A>())),
+            DEFAULT_EPS,
+        )
     }
 
     pub(crate) fn set_eps(&mut self, eps: f64) -> Result<(), NormError> {
@@ -183,16 +194,15 @@ impl<A: Element> NormCore<A> {
         (self.gain, self.bias, self.eps)
     }
 
-    fn params(&self) -> Params<'_, A> {
-        Params {
+    /// The layer as the kernels see it.
+    fn layer(&self) -> Layer<'_, A> {
+        Layer {
+            dim: self.dim,
             gain: self.gain.as_ref().map(as_slice_1d),
             bias: self.bias.as_ref().map(as_slice_1d),
-            centered: self.centered,
+            centered: self.centering == Centering::Mean,
+            eps: A::Stat::from_f64(self.eps).expect("a finite eps converts to the statistics type"),
         }
-    }
-
-    fn eps_stat(&self) -> A::Stat {
-        A::Stat::from_f64(self.eps).expect("a finite eps converts to the statistics type")
     }
 
     fn check_input<D: Dimension>(
@@ -212,17 +222,11 @@ impl<A: Element> NormCore<A> {
         }
     }
 
-    /// The row driver on standard-layout data; `x = None` normalizes `out` in place.
-    fn run_forward(&self, x: Option<&[A]>, out: &mut [A], stats: Option<RowStatsOut<'_, A::Stat>>) {
-        rows::forward(x, out, self.dim, self.params(), self.eps_stat(), stats);
-    }
-
     pub(crate) fn forward<D: Dimension>(
         &self,
         x: &ArrayRef<A, D>,
     ) -> Result<Array<A, D>, NormError> {
-        self.check_input("x", x)?;
-        let mut out = Array::from_elem(x.raw_dim(), A::from_stat(A::Stat::zero()));
+        let mut out = Array::from_elem(x.raw_dim(), zero::<A>());
         self.forward_into_with(x, &mut out, None)?;
         Ok(out)
     }
@@ -232,15 +236,14 @@ impl<A: Element> NormCore<A> {
         &self,
         x: &ArrayRef<A, D>,
     ) -> Result<(Array<A, D>, NormStats<A::Stat, D::Smaller>), NormError> {
-        self.check_input("x", x)?;
-        let mut out = Array::from_elem(x.raw_dim(), A::from_stat(A::Stat::zero()));
+        let mut out = Array::from_elem(x.raw_dim(), zero::<A>());
         let mut stats = NormStats::zeros(stats_dim(&x.raw_dim()));
         self.forward_into_with(x, &mut out, Some(&mut stats))?;
         Ok((out, stats))
     }
 
-    /// Every forward form: checks the shapes, then normalizes `x` into `out` (and the row
-    /// statistics into `stats` when given).
+    /// Every forward form but the in-place one: checks the shapes, then normalizes `x` into
+    /// `out` (and the row statistics into `stats` when given).
     pub(crate) fn forward_into_with<D: Dimension>(
         &self,
         x: &ArrayRef<A, D>,
@@ -258,7 +261,14 @@ impl<A: Element> NormCore<A> {
             let (mean, inv_std) = stats.as_mut_slices();
             RowStatsOut { mean, inv_std }
         });
-        write_standard(out, |out| self.run_forward(Some(x), out, stats));
+        write_standard(out, |out| {
+            rows::forward(ForwardRows {
+                layer: self.layer(),
+                x: Some(x),
+                out,
+                stats,
+            })
+        });
         Ok(())
     }
 
@@ -267,12 +277,25 @@ impl<A: Element> NormCore<A> {
         x: &mut ArrayRef<A, D>,
     ) -> Result<(), NormError> {
         self.check_input("x", x)?;
+        let layer = self.layer();
         if let Some(data) = x.as_slice_mut() {
-            self.run_forward(None, data, None);
+            rows::forward(ForwardRows {
+                layer,
+                x: None,
+                out: data,
+                stats: None,
+            });
         } else {
             let copy = x.as_standard_layout().into_owned();
             let source = standard_slice(&copy);
-            write_standard(x, |out| self.run_forward(Some(source), out, None));
+            write_standard(x, |out| {
+                rows::forward(ForwardRows {
+                    layer,
+                    x: Some(source),
+                    out,
+                    stats: None,
+                })
+            });
         }
         Ok(())
     }
@@ -298,16 +321,16 @@ impl<A: Element> NormCore<A> {
         let (mean, inv_std) = stats.as_mut_slices();
         write_standard(out, |out| {
             write_standard(sum, |sum| {
-                rows::forward_residual(
-                    x,
+                rows::forward_residual(ResidualRows {
+                    norm: ForwardRows {
+                        layer: self.layer(),
+                        x: Some(x),
+                        out,
+                        stats: Some(RowStatsOut { mean, inv_std }),
+                    },
                     residual,
                     sum,
-                    out,
-                    self.dim,
-                    self.params(),
-                    self.eps_stat(),
-                    RowStatsOut { mean, inv_std },
-                )
+                })
             })
         });
         Ok(())
@@ -320,78 +343,50 @@ impl<A: Element> NormCore<A> {
         x: &ArrayRef<A, D>,
         residual: &ArrayRef<A, D>,
     ) -> Result<(Array<A, D>, Array<A, D>, NormStats<A::Stat, D::Smaller>), NormError> {
-        self.check_input("x", x)?;
-        let zero = A::from_stat(A::Stat::zero());
-        let mut out = Array::from_elem(x.raw_dim(), zero);
-        let mut sum = Array::from_elem(x.raw_dim(), zero);
+        let mut out = Array::from_elem(x.raw_dim(), zero::<A>());
+        let mut sum = Array::from_elem(x.raw_dim(), zero::<A>());
         let mut stats = NormStats::zeros(stats_dim(&x.raw_dim()));
         self.forward_residual_into(x, residual, &mut out, &mut sum, &mut stats)?;
         Ok((out, sum, stats))
     }
 
-    fn check_backward<D: Dimension>(
-        &self,
-        x: &ArrayRef<A, D>,
-        stats: &NormStats<A::Stat, D::Smaller>,
-        dy: &ArrayRef<A, D>,
-    ) -> Result<(), NormError> {
-        self.check_input("x", x)?;
-        expect_shape("dy", x.shape(), dy.shape())?;
-        expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())
-    }
-
     /// Backward, with `dsum` (the gradient reaching the normalized input by another path, for
     /// the fused residual form) added to `dx` when given.
-    pub(crate) fn backward_with_sum<D: Dimension>(
+    pub(crate) fn backward_with<D: Dimension>(
         &self,
         x: &ArrayRef<A, D>,
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
         dsum: Option<&ArrayRef<A, D>>,
     ) -> Result<LayerNormGrads<A, D>, NormError> {
-        self.check_backward(x, stats, dy)?;
-        let zero = A::from_stat(A::Stat::zero());
-        let mut gain = self
-            .gain
-            .as_ref()
-            .map(|_| Array1::from_elem(self.dim, zero));
-        let mut bias = self
-            .bias
-            .as_ref()
-            .map(|_| Array1::from_elem(self.dim, zero));
-        let mut input = Array::from_elem(x.raw_dim(), zero);
-        self.backward_into_with_sum(
-            x,
-            stats,
-            dy,
-            dsum,
-            &mut input,
-            gain.as_deref_mut(),
-            bias.as_deref_mut(),
-        )?;
+        let zeros = |present: bool| present.then(|| Array1::from_elem(self.dim, zero::<A>()));
+        let mut gain = zeros(self.gain.is_some());
+        let mut bias = zeros(self.bias.is_some());
+        let mut input = Array::from_elem(x.raw_dim(), zero::<A>());
+        let into = GradsInto::new(&mut input, gain.as_deref_mut(), bias.as_deref_mut());
+        self.backward_into_with(x, stats, dy, dsum, into)?;
         Ok(LayerNormGrads { input, gain, bias })
     }
 
-    /// `backward_into`, with `dsum` added to `dx` when given (see `backward_with_sum`).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn backward_into_with_sum<D: Dimension>(
+    /// `backward_into`, with `dsum` added to `dx` when given (see `backward_with`).
+    pub(crate) fn backward_into_with<D: Dimension>(
         &self,
         x: &ArrayRef<A, D>,
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
         dsum: Option<&ArrayRef<A, D>>,
-        dx: &mut ArrayRef<A, D>,
-        gain_grad: Option<&mut ArrayRef1<A>>,
-        bias_grad: Option<&mut ArrayRef1<A>>,
+        into: GradsInto<'_, A, D>,
     ) -> Result<(), NormError> {
-        self.check_backward(x, stats, dy)?;
-        expect_shape("dx", x.shape(), dx.shape())?;
+        self.check_input("x", x)?;
+        expect_shape("dy", x.shape(), dy.shape())?;
+        expect_shape("stats", stats_dim(&x.raw_dim()).slice(), stats.shape())?;
+        expect_shape("dx", x.shape(), into.dx.shape())?;
         if let Some(dsum) = dsum {
             expect_shape("dsum", x.shape(), dsum.shape())?;
         }
         for (argument, parameter, grad) in [
-            ("gain_grad", self.gain.is_some(), gain_grad.as_deref()),
-            ("bias_grad", self.bias.is_some(), bias_grad.as_deref()),
+            ("gain_grad", self.gain.is_some(), into.gain.as_deref()),
+            ("bias_grad", self.bias.is_some(), into.bias.as_deref()),
         ] {
             if let Some(grad) = grad {
                 if !parameter {
@@ -402,39 +397,48 @@ impl<A: Element> NormCore<A> {
             }
         }
 
+        let GradsInto {
+            dx,
+            gain: gain_grad,
+            bias: bias_grad,
+        } = into;
         let mut gain_total: Option<Vec<A::Stat>> = gain_grad.as_deref().map(widen);
         let mut bias_total: Option<Vec<A::Stat>> = bias_grad.as_deref().map(widen);
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
         let dsum = dsum.map(|dsum| dsum.as_standard_layout());
-        let dsum = dsum.as_ref().map(|dsum| standard_slice(dsum));
         let (means, inv_stds) = stats.as_slices();
-        let inputs = BackwardRows {
+        let rows = BackwardRows {
+            layer: self.layer(),
             x: standard_slice(&x),
             dy: standard_slice(&dy),
             means,
             inv_stds,
-            gain: self.params().gain,
-            centered: self.centered,
-            eps: self.eps_stat(),
-            dim: self.dim,
         };
         write_standard(dx, |dx| {
-            rows::backward(
-                inputs,
-                dx,
-                GradTotals {
-                    gain: gain_total.as_deref_mut(),
-                    bias: bias_total.as_deref_mut(),
+            rows::backward(BackwardJob {
+                rows,
+                out: BackwardOut {
+                    dx,
+                    dsum: dsum.as_ref().map(|dsum| standard_slice(dsum)),
+                    sums: GradSums {
+                        gain: gain_total.as_deref_mut(),
+                        bias: bias_total.as_deref_mut(),
+                    },
                 },
-                dsum,
-            )
+            })
         });
         narrow_into(gain_grad, gain_total.as_deref());
         narrow_into(bias_grad, bias_total.as_deref());
         Ok(())
     }
 }
+
+/// The element type's zero.
+fn zero<A: Element>() -> A {
+    A::from_stat(A::Stat::zero())
+}
+
 /// The accumulator's values in the statistics type.
 fn widen<A: Element>(values: &ArrayRef1<A>) -> Vec<A::Stat> {
     match values.as_slice() {
