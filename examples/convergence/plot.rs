@@ -1,30 +1,48 @@
-//! The convergence plot: validation loss against training step, both models, every seed.
+//! The convergence plot: validation loss against training step, both models, the median over
+//! seeds as a thick line and every seed as a faint one.
 
 use plotters::prelude::*;
 use std::path::Path;
 
-/// One training run's validation curve.
-pub struct Curve {
+/// One model's validation curves, one per seed (all evaluated at the same steps).
+pub struct Curves {
     pub label: String,
     pub layer_norm: bool,
-    pub points: Vec<(usize, f64)>,
+    pub seeds: Vec<Vec<(usize, f64)>>,
+}
+
+impl Curves {
+    /// The median over seeds at each evaluated step.
+    fn median(&self) -> Vec<(usize, f64)> {
+        let first = self.seeds.first().map_or(&[][..], |s| &s[..]);
+        first
+            .iter()
+            .enumerate()
+            .map(|(i, &(step, _))| {
+                let mut values: Vec<f64> = self.seeds.iter().map(|s| s[i].1).collect();
+                values.sort_by(f64::total_cmp);
+                let n = values.len();
+                (step, (values[(n - 1) / 2] + values[n / 2]) / 2.0)
+            })
+            .collect()
+    }
 }
 
 /// Writes an SVG of the curves (log-scale loss) to `path`, with a dashed line at `target`.
 pub fn write_svg(
     path: &Path,
     title: &str,
-    curves: &[Curve],
+    curves: &[Curves],
     target: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let max_step = curves
         .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.0))
+        .flat_map(|c| c.seeds.iter().flatten().map(|p| p.0))
         .max()
         .unwrap_or(1);
     let (low, high) = curves
         .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .flat_map(|c| c.seeds.iter().flatten().map(|p| p.1))
         .filter(|v| v.is_finite() && *v > 0.0)
         .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
             (lo.min(v), hi.max(v))
@@ -46,21 +64,39 @@ pub fn write_svg(
         .draw()?;
     let blue = RGBColor(31, 119, 180);
     let orange = RGBColor(230, 120, 20);
-    let mut labelled = [false, false];
-    for curve in curves {
-        let color = if curve.layer_norm { blue } else { orange };
-        let series = chart.draw_series(LineSeries::new(
-            curve.points.iter().copied(),
-            color.stroke_width(2),
-        ))?;
-        let index = usize::from(curve.layer_norm);
-        if !labelled[index] {
-            labelled[index] = true;
-            series.label(curve.label.clone()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+    for curves in curves {
+        let color = if curves.layer_norm { blue } else { orange };
+        for seed in &curves.seeds {
+            chart.draw_series(LineSeries::new(
+                seed.iter().copied(),
+                color.mix(0.3).stroke_width(1),
+            ))?;
         }
     }
+    for curves in curves {
+        let color = if curves.layer_norm { blue } else { orange };
+        chart
+            .draw_series(LineSeries::new(curves.median(), color.stroke_width(3)))?
+            .label(format!("{} — median of seeds", curves.label))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(std::iter::empty::<PathElement<(usize, f64)>>())?
+            .label(format!("{} — each seed", curves.label))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.mix(0.3).stroke_width(1))
+            });
+    }
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0, 1.0 / 6.0), (max_step, 1.0 / 6.0)],
+            2,
+            4,
+            BLACK.stroke_width(1),
+        ))?
+        .label("predicting the mean: 0.167")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
     chart.draw_series(DashedLineSeries::new(
         [(0, target), (max_step, target)],
         6,

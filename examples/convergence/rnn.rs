@@ -49,13 +49,22 @@ pub struct Trace {
 
 impl Rnn {
     /// Random weights from `rng`; the same draws give both models the same initial weights.
-    pub fn new(hidden: usize, inputs: usize, layer_norm: bool, rng: &mut StdRng) -> Self {
+    /// Recurrent weights N(0, 1/hidden) and input weights N(0, 1), both multiplied by
+    /// `weight_scale` (the paper's Table 1: layer normalization is invariant to re-scaling the
+    /// weight matrix, so only the unnormalized model should care).
+    pub fn new(
+        hidden: usize,
+        inputs: usize,
+        layer_norm: bool,
+        weight_scale: f64,
+        rng: &mut StdRng,
+    ) -> Self {
         let mut normal = |rows: usize, cols: usize, scale: f64| {
             let dist = Normal::new(0.0, scale).expect("valid normal");
             Array2::from_shape_simple_fn((rows, cols), || dist.sample(rng))
         };
-        let recurrent = normal(hidden, hidden, 1.0 / (hidden as f64).sqrt());
-        let input = normal(hidden, inputs, 1.0);
+        let recurrent = normal(hidden, hidden, weight_scale / (hidden as f64).sqrt());
+        let input = normal(hidden, inputs, weight_scale);
         let readout = normal(1, hidden, 1.0 / (hidden as f64).sqrt()).remove_axis(Axis(0));
         let norm = if layer_norm {
             Norm::Layer(LayerNorm::new(hidden).expect("hidden > 0"))

@@ -14,7 +14,7 @@ fn close(analytic: f64, numeric: f64) -> bool {
 
 fn check_model(layer_norm: bool) {
     let mut rng = StdRng::seed_from_u64(7);
-    let mut model = Rnn::new(4, 2, layer_norm, &mut rng);
+    let mut model = Rnn::new(4, 2, layer_norm, 1.0, &mut rng);
     // Move every parameter away from its initial value (gain 1, biases 0) so no term vanishes.
     for parameter in model.parameters_mut() {
         for value in parameter.iter_mut() {
