@@ -2,6 +2,7 @@
 
 use crate::kernels::{simd, BackwardJob, ForwardRows};
 use num_traits::{Float, FromPrimitive};
+use std::borrow::Cow;
 use std::fmt::{Debug, Display};
 
 mod private {
@@ -25,6 +26,11 @@ mod private {
 /// | `f32` | `f64` | keeps the mean exact on rows whose mean is large against their spread, and squares cannot overflow |
 /// | `f64` | `f64` | |
 /// | `half::f16`, `half::bf16` (feature `half`) | `f32` | rows are widened to f32 and run through the f32 kernels; outputs are rounded to half once |
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an element type of layernorm",
+    label = "layernorm normalizes f32 and f64 data, and half::f16 and half::bf16 with a feature",
+    note = "for f16 and bf16, turn on the crate feature `half`: layernorm = {{ version = \"0.1\", features = [\"half\"] }}"
+)]
 pub trait Element:
     private::Sealed
     + Copy
@@ -39,10 +45,30 @@ pub trait Element:
     /// The type statistics are accumulated and returned in.
     type Stat: Float + FromPrimitive + Send + Sync + Debug + Display + 'static;
 
+    /// The type the kernels compute in and take the parameters in: the element type itself for
+    /// `f32` and `f64`, `f32` for half precision (the crate's detail; not usable outside).
+    #[doc(hidden)]
+    type Compute: Element + Into<Self::Stat>;
+
+    /// Parameters of this type in the kernels' type: borrowed when it is the same.
+    #[doc(hidden)]
+    fn to_compute(values: &[Self]) -> Cow<'_, [Self::Compute]>;
+
     /// Widens a stored value to the statistics type (exact).
+    ///
+    /// ```
+    /// use layernorm::Element;
+    /// let wide: f64 = 0.1f32.to_stat();                   // f32 data, f64 statistics
+    /// assert_eq!(wide, 0.10000000149011612);
+    /// ```
     fn to_stat(self) -> Self::Stat;
 
     /// Rounds a statistics-type value to the storage type (to nearest).
+    ///
+    /// ```
+    /// use layernorm::Element;
+    /// assert_eq!(f32::from_stat(0.1f64), 0.1f32);
+    /// ```
     fn from_stat(value: Self::Stat) -> Self;
 
     /// The kernel that normalizes rows of this type (the crate's hook; not callable outside).
@@ -58,6 +84,10 @@ pub trait Element:
 /// f32 and f64 run the SIMD kernels.
 macro_rules! simd_kernels {
     () => {
+        fn to_compute(values: &[Self]) -> Cow<'_, [Self]> {
+            Cow::Borrowed(values)
+        }
+
         fn forward_rows(job: ForwardRows<'_, Self>) {
             simd::forward_rows(job);
         }
@@ -70,6 +100,7 @@ macro_rules! simd_kernels {
 
 impl Element for f32 {
     type Stat = f64;
+    type Compute = f32;
 
     #[inline(always)]
     fn to_stat(self) -> f64 {
@@ -86,6 +117,7 @@ impl Element for f32 {
 
 impl Element for f64 {
     type Stat = f64;
+    type Compute = f64;
 
     #[inline(always)]
     fn to_stat(self) -> f64 {
@@ -106,6 +138,11 @@ macro_rules! half_element {
     ($half:ty) => {
         impl Element for $half {
             type Stat = f32;
+            type Compute = f32;
+
+            fn to_compute(values: &[Self]) -> Cow<'_, [f32]> {
+                Cow::Owned(values.iter().map(|value| value.to_f32()).collect())
+            }
 
             #[inline(always)]
             fn to_stat(self) -> f32 {
@@ -132,3 +169,74 @@ macro_rules! half_element {
 half_element!(half::f16);
 #[cfg(feature = "half")]
 half_element!(half::bf16);
+
+/// A type a layer over `A` data keeps its gain and bias (and their gradients) in: `A` itself,
+/// or `f32` for `f16` and `bf16` data (mixed precision, as PyTorch's autocast keeps layer
+/// normalization's parameters in f32). Sealed.
+///
+/// | data `A` | parameters `P` |
+/// |---|---|
+/// | `f32`, `f64` | `A` |
+/// | `half::f16`, `half::bf16` (feature `half`) | `A`, or `f32` |
+///
+/// A layer with f32 parameters over half data computes exactly what a half layer with the same
+/// parameter values computes (the kernels widen half parameters to f32 anyway), and its
+/// parameter gradients are accumulated in f32, where many small steps are not lost.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hold the parameters of a layer over `{A}` data",
+    note = "parameters are kept in the data's own type, or in f32 for f16 and bf16 data"
+)]
+pub trait Parameter<A: Element>:
+    private::Sealed + Copy + Send + Sync + Debug + PartialEq + 'static
+{
+    /// Parameters in the kernels' type (the crate's hook).
+    #[doc(hidden)]
+    fn to_compute(values: &[Self]) -> Cow<'_, [A::Compute]>;
+
+    /// Widens a parameter or gradient to the statistics type (exact).
+    #[doc(hidden)]
+    fn to_stat(self) -> A::Stat;
+
+    /// Rounds a statistics-type value to the parameter type (to nearest).
+    #[doc(hidden)]
+    fn from_stat(value: A::Stat) -> Self;
+}
+
+impl<A: Element> Parameter<A> for A {
+    fn to_compute(values: &[A]) -> Cow<'_, [A::Compute]> {
+        A::to_compute(values)
+    }
+
+    fn to_stat(self) -> A::Stat {
+        Element::to_stat(self)
+    }
+
+    fn from_stat(value: A::Stat) -> A {
+        Element::from_stat(value)
+    }
+}
+
+/// f32 parameters over half data: the kernels' own type, and the statistics type.
+#[cfg(feature = "half")]
+macro_rules! f32_parameters {
+    ($half:ty) => {
+        impl Parameter<$half> for f32 {
+            fn to_compute(values: &[f32]) -> Cow<'_, [f32]> {
+                Cow::Borrowed(values)
+            }
+
+            fn to_stat(self) -> f32 {
+                self
+            }
+
+            fn from_stat(value: f32) -> f32 {
+                value
+            }
+        }
+    };
+}
+
+#[cfg(feature = "half")]
+f32_parameters!(half::f16);
+#[cfg(feature = "half")]
+f32_parameters!(half::bf16);

@@ -2,7 +2,7 @@
 //! one call into the shared [`NormCore`] (`norm.rs`), which checks the arguments and hands the
 //! rows to the driver.
 
-use crate::element::Element;
+use crate::element::{Element, Parameter};
 use crate::error::NormError;
 use crate::norm::{Centering, GradsInto, NormCore};
 use crate::stats::{LayerNormGrads, NormStats, ResidualForward};
@@ -59,8 +59,11 @@ use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dim
 ///
 /// # Saving and loading
 ///
-/// With the feature `serde`, layers serialize as `{ dim, eps, gain, bias }` (absent parameters
-/// `null`), and loading checks the record like a constructor does:
+/// With the feature `serde`, layers serialize as a checkpoint record
+/// `{ format, kind, dim, eps, gain, bias }`: every field is required (an absent parameter is an
+/// explicit `null`), `kind` (`"layer_norm"` or `"rms_norm"`) must match the type loaded, and
+/// loading checks the record like a constructor does. Parameters are JSON numbers for every
+/// element type, f16 and bf16 included.
 ///
 /// ```
 /// # #[cfg(feature = "serde")]
@@ -68,10 +71,14 @@ use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dim
 /// use layernorm::LayerNorm;
 /// let ln = LayerNorm::from_params(ndarray::array![1.0f32, 2.0], ndarray::array![0.0, 0.5], 1e-5)?;
 /// let json = serde_json::to_string(&ln)?;
-/// assert_eq!(json, r#"{"dim":2,"eps":0.00001,"gain":[1.0,2.0],"bias":[0.0,0.5]}"#);
+/// assert_eq!(
+///     json,
+///     r#"{"format":1,"kind":"layer_norm","dim":2,"eps":0.00001,"gain":[1.0,2.0],"bias":[0.0,0.5]}"#
+/// );
 /// assert_eq!(serde_json::from_str::<LayerNorm<f32>>(&json)?, ln);
-/// let broken = r#"{"dim":2,"eps":1e-5,"gain":[1.0,2.0],"bias":[0.0]}"#;
-/// assert!(serde_json::from_str::<LayerNorm<f32>>(broken).is_err()); // bias too short
+/// let truncated = r#"{"format":1,"kind":"layer_norm","dim":2,"eps":1e-5}"#;
+/// let error = serde_json::from_str::<LayerNorm<f32>>(truncated).unwrap_err();
+/// assert!(error.to_string().contains("missing field `gain`"));
 /// # Ok(())
 /// # }
 /// # #[cfg(not(feature = "serde"))]
@@ -85,24 +92,12 @@ use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dim
 /// contributes. With `eps = 0`, a constant row has `σ² = 0` and `r = +Inf`, and its outputs
 /// and input gradient are NaN (`0 · Inf`): use `eps > 0` (the default) for a finite answer
 /// on constant rows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LayerNorm<A: Element> {
-    core: NormCore<A>,
+#[derive(Clone, PartialEq)]
+pub struct LayerNorm<A: Element, P: Parameter<A> = A> {
+    core: NormCore<A, P>,
 }
 
 impl<A: Element> LayerNorm<A> {
-    /// Wraps a core (deserialization builds layers this way).
-    #[cfg(feature = "serde")]
-    pub(crate) fn from_core(core: NormCore<A>) -> Self {
-        LayerNorm { core }
-    }
-
-    /// The shared core.
-    #[cfg(feature = "serde")]
-    pub(crate) fn core(&self) -> &NormCore<A> {
-        &self.core
-    }
-
     /// A layer over `dim` features with gain 1, bias 0 and `eps = 1e-5`.
     ///
     /// # Errors
@@ -204,6 +199,50 @@ impl<A: Element> LayerNorm<A> {
         })
     }
 
+    /// This layer's parameters (kept in `A`, here `f32`) applied to `f16` or `bf16` data:
+    /// mixed precision, where x, y, dy and dx are half precision and gain, bias and their
+    /// gradient accumulators stay in f32 (feature `half`). The results are those of a half
+    /// layer with the same parameter values; the parameter gradients are summed in f32.
+    ///
+    /// ```
+    /// # #[cfg(feature = "half")]
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use half::f16;
+    /// use layernorm::LayerNorm;
+    /// let layer = LayerNorm::<f32>::new(3)?.for_activations::<f16>();
+    /// let x = ndarray::array![[1.0, 2.0, 3.0]].mapv(f16::from_f32);
+    /// let y = layer.forward(&x)?;                      // f16 out
+    /// let gain: ndarray::ArrayView1<f32> = layer.gain().expect("has a gain");
+    /// assert_eq!(gain[0], 1.0);
+    /// assert_eq!(y[[0, 2]], f16::from_f32(1.2247));
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "half"))]
+    /// # fn main() {}
+    /// ```
+    pub fn for_activations<H: Element>(self) -> LayerNorm<H, A>
+    where
+        A: Parameter<H>,
+    {
+        LayerNorm {
+            core: self.core.for_activations(),
+        }
+    }
+}
+
+impl<A: Element, P: Parameter<A>> LayerNorm<A, P> {
+    /// Wraps a core (deserialization builds layers this way).
+    #[cfg(feature = "serde")]
+    pub(crate) fn from_core(core: NormCore<A, P>) -> Self {
+        LayerNorm { core }
+    }
+
+    /// The shared core.
+    #[cfg(feature = "serde")]
+    pub(crate) fn core(&self) -> &NormCore<A, P> {
+        &self.core
+    }
+
     /// The same layer with another `eps`.
     ///
     /// # Errors
@@ -239,26 +278,79 @@ impl<A: Element> LayerNorm<A> {
         self.core.set_eps(eps)
     }
 
+    /// Zeroed statistics shaped for the rows of `x` (its shape without the last axis): a
+    /// buffer to allocate once and hand to the `_into` forms of forward at every step.
+    ///
+    /// ```
+    /// use ndarray::{Array3, Ix2};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = layernorm::LayerNorm::<f32>::new(64)?;
+    /// let x = Array3::<f32>::zeros((8, 128, 64));              // (batch, seq, hidden)
+    /// let mut stats: layernorm::NormStats<f64, Ix2> = ln.stats_for(&x);
+    /// assert_eq!(stats.shape(), &[8, 128]);
+    /// let mut y = Array3::zeros((8, 128, 64));
+    /// ln.forward_with_stats_into(&x, &mut y, &mut stats)?;      // reused every step
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stats_for<D: Dimension>(&self, x: &ArrayRef<A, D>) -> NormStats<A::Stat, D::Smaller> {
+        self.core.stats_for(x)
+    }
+
     /// Number of features normalized: the required length of the input's last axis.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = layernorm::LayerNorm::<f32>::new(768)?;
+    /// assert_eq!(ln.dim(), 768);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn dim(&self) -> usize {
         self.core.dim()
     }
 
     /// The ε added to the variance inside the square root.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = layernorm::LayerNorm::<f32>::new(4)?;
+    /// assert_eq!(ln.eps(), 1e-5);                 // layernorm::DEFAULT_EPS
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn eps(&self) -> f64 {
         self.core.eps()
     }
 
     /// The per-feature gain, `None` for a layer without one.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = layernorm::LayerNorm::<f32>::new(3)?;
+    /// assert_eq!(ln.gain().map(|g| g.to_vec()), Some(vec![1.0; 3]));
+    /// assert!(layernorm::LayerNorm::<f32>::new_without_affine(3)?.gain().is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
     #[doc(alias = "weight")]
     #[doc(alias = "gamma")]
-    pub fn gain(&self) -> Option<ArrayView1<'_, A>> {
+    pub fn gain(&self) -> Option<ArrayView1<'_, P>> {
         self.core.gain()
     }
 
     /// The per-feature bias, `None` for a layer without one.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = layernorm::LayerNorm::<f32>::new(3)?;
+    /// assert_eq!(ln.bias().map(|b| b.to_vec()), Some(vec![0.0; 3]));
+    /// assert!(layernorm::LayerNorm::<f32>::new_without_bias(3)?.bias().is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
     #[doc(alias = "beta")]
-    pub fn bias(&self) -> Option<ArrayView1<'_, A>> {
+    pub fn bias(&self) -> Option<ArrayView1<'_, P>> {
         self.core.bias()
     }
 
@@ -275,12 +367,23 @@ impl<A: Element> LayerNorm<A> {
     /// # }
     /// ```
     #[doc(alias = "weight_mut")]
-    pub fn gain_mut(&mut self) -> Option<ArrayViewMut1<'_, A>> {
+    pub fn gain_mut(&mut self) -> Option<ArrayViewMut1<'_, P>> {
         self.core.gain_mut()
     }
 
     /// Mutable access to the bias, for an optimizer step. Its length cannot change.
-    pub fn bias_mut(&mut self) -> Option<ArrayViewMut1<'_, A>> {
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ln = layernorm::LayerNorm::<f32>::new(2)?;
+    /// if let Some(mut bias) = ln.bias_mut() {
+    ///     bias[1] = 0.25;
+    /// }
+    /// assert_eq!(ln.bias().map(|b| b[1]), Some(0.25));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn bias_mut(&mut self) -> Option<ArrayViewMut1<'_, P>> {
         self.core.bias_mut()
     }
 
@@ -302,12 +405,22 @@ impl<A: Element> LayerNorm<A> {
     #[allow(clippy::type_complexity)]
     pub fn parameters_mut(
         &mut self,
-    ) -> (Option<ArrayViewMut1<'_, A>>, Option<ArrayViewMut1<'_, A>>) {
+    ) -> (Option<ArrayViewMut1<'_, P>>, Option<ArrayViewMut1<'_, P>>) {
         self.core.parameters_mut()
     }
 
     /// Consumes the layer, returning `(gain, bias, eps)`.
-    pub fn into_params(self) -> (Option<Array1<A>>, Option<Array1<A>>, f64) {
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = layernorm::LayerNorm::from_gain(ndarray::array![2.0f32, 3.0], 1e-6)?;
+    /// let (gain, bias, eps) = ln.into_params();
+    /// assert_eq!(gain, Some(ndarray::array![2.0, 3.0]));
+    /// assert_eq!((bias, eps), (None, 1e-6));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn into_params(self) -> (Option<Array1<P>>, Option<Array1<P>>, f64) {
         self.core.into_params()
     }
 
@@ -486,7 +599,7 @@ impl<A: Element> LayerNorm<A> {
         x: &ArrayRef<A, D>,
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
-    ) -> Result<LayerNormGrads<A, D>, NormError> {
+    ) -> Result<LayerNormGrads<A, D, P>, NormError> {
         self.core.backward_with(x, stats, dy, None)
     }
 
@@ -528,8 +641,8 @@ impl<A: Element> LayerNorm<A> {
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
         dx: &mut ArrayRef<A, D>,
-        gain_grad: Option<&mut ArrayRef1<A>>,
-        bias_grad: Option<&mut ArrayRef1<A>>,
+        gain_grad: Option<&mut ArrayRef1<P>>,
+        bias_grad: Option<&mut ArrayRef1<P>>,
     ) -> Result<(), NormError> {
         let into = GradsInto::new(dx, gain_grad, bias_grad);
         self.core.backward_into_with(x, stats, dy, None, into)
@@ -575,6 +688,22 @@ impl<A: Element> LayerNorm<A> {
     /// # Errors
     /// As [`forward_residual`](Self::forward_residual); [`NormError::ShapeMismatch`]
     /// (argument `out`, `sum` or `stats`) for a buffer of the wrong shape.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ndarray::{array, Array2};
+    /// let ln = layernorm::LayerNorm::<f32>::new(2)?.with_eps(0.0)?;
+    /// let (x, residual) = (array![[1.0, 2.0]], array![[1.0, 4.0]]);
+    /// let (mut out, mut sum) = (Array2::zeros((1, 2)), Array2::zeros((1, 2)));
+    /// let mut stats = ln.stats_for(&x);
+    /// ln.forward_residual_into(&x, &residual, &mut out, &mut sum, &mut stats)?;
+    /// assert_eq!(sum, array![[2.0, 6.0]]);
+    /// assert_eq!(out, array![[-1.0, 1.0]]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn forward_residual_into<D: Dimension>(
         &self,
         x: &ArrayRef<A, D>,
@@ -622,7 +751,7 @@ impl<A: Element> LayerNorm<A> {
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
         dsum: &ArrayRef<A, D>,
-    ) -> Result<LayerNormGrads<A, D>, NormError> {
+    ) -> Result<LayerNormGrads<A, D, P>, NormError> {
         self.core.backward_with(sum, stats, dy, Some(dsum))
     }
 
@@ -632,6 +761,25 @@ impl<A: Element> LayerNorm<A> {
     /// # Errors
     /// As [`backward_residual`](Self::backward_residual) and
     /// [`backward_into`](Self::backward_into).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ndarray::{array, Array1, Array2};
+    /// let ln = layernorm::LayerNorm::<f64>::new(2)?;
+    /// let step = ln.forward_residual(&array![[1.0, 2.0]], &array![[0.5, 0.0]])?;
+    /// let (dy, dsum) = (array![[1.0, 0.0]], array![[0.5, 0.5]]);
+    /// let mut dinput = Array2::zeros((1, 2));
+    /// let (mut dgain, mut dbias) = (Array1::zeros(2), Array1::zeros(2));
+    /// ln.backward_residual_into(&step.sum, &step.stats, &dy, &dsum, &mut dinput,
+    ///     Some(&mut dgain), Some(&mut dbias))?;
+    /// let plain = ln.backward(&step.sum, &step.stats, &dy)?;
+    /// assert_eq!(dinput, plain.input + &dsum);
+    /// assert_eq!(dbias, array![1.0, 0.0]);
+    /// # Ok(())
+    /// # }
+    /// ```
     #[allow(clippy::too_many_arguments)]
     pub fn backward_residual_into<D: Dimension>(
         &self,
@@ -640,11 +788,26 @@ impl<A: Element> LayerNorm<A> {
         dy: &ArrayRef<A, D>,
         dsum: &ArrayRef<A, D>,
         dinput: &mut ArrayRef<A, D>,
-        gain_grad: Option<&mut ArrayRef1<A>>,
-        bias_grad: Option<&mut ArrayRef1<A>>,
+        gain_grad: Option<&mut ArrayRef1<P>>,
+        bias_grad: Option<&mut ArrayRef1<P>>,
     ) -> Result<(), NormError> {
         let into = GradsInto::new(dinput, gain_grad, bias_grad);
         self.core
             .backward_into_with(sum, stats, dy, Some(dsum), into)
+    }
+}
+
+/// Compact: the configuration, not the parameter values.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let ln = layernorm::LayerNorm::<f32>::new(768)?;
+/// assert_eq!(format!("{ln:?}"), "LayerNorm { dim: 768, eps: 1e-5, gain: yes, bias: yes }");
+/// # Ok(())
+/// # }
+/// ```
+impl<A: Element, P: Parameter<A>> std::fmt::Debug for LayerNorm<A, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.debug_as("LayerNorm", f)
     }
 }

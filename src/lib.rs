@@ -82,8 +82,8 @@
 //! | feature | default | adds |
 //! |---|---|---|
 //! | `rayon` | yes | splits inputs of 65 536 elements or more across rayon's thread pool (bitwise identical results) |
-//! | `half` | no | [`Element`] for `half::f16` and `half::bf16`: statistics and arithmetic in f32, outputs rounded to half once |
-//! | `serde` | no | `Serialize`/`Deserialize` for [`LayerNorm`] and [`RmsNorm`] as `{ dim, eps, gain, bias }`, validated on load |
+//! | `half` | no | [`Element`] for `half::f16` and `half::bf16`: statistics and arithmetic in f32, outputs rounded to half once; f32 parameters over half data ([`Parameter`]) |
+//! | `serde` | no | `Serialize`/`Deserialize` for [`LayerNorm`] and [`RmsNorm`] as a checkpoint record `{ format, kind, dim, eps, gain, bias }`, validated on load |
 //!
 //! With the feature `half`, f16 and bf16 data work the same way (statistics in f32):
 //!
@@ -97,6 +97,39 @@
 //! let (y, stats) = ln.forward_with_stats(&x)?;
 //! assert_eq!(y[[0, 2]], f16::from_f32(1.2247));        // the f32 result, rounded once
 //! let _: f32 = stats.mean()[0];                          // statistics in f32
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "half"))]
+//! # fn main() {}
+//! ```
+//!
+//! Mixed precision, as in PyTorch's autocast: activations in half, gain and bias (and their
+//! gradients) in f32. [`LayerNorm::for_activations`] turns an f32 layer into one over half
+//! data; its outputs are those of a half layer with the same parameter values, and its parameter
+//! gradients are summed in f32, so that many small steps are not rounded away. One training step:
+//!
+//! ```
+//! # #[cfg(feature = "half")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use half::f16;
+//! use layernorm::LayerNorm;
+//! use ndarray::{Array1, Array2};
+//!
+//! let mut ln = LayerNorm::<f32>::new(4)?.for_activations::<f16>(); // LayerNorm<f16, f32>
+//! let x = Array2::from_shape_fn((8, 4), |(r, c)| f16::from_f32((r * 4 + c) as f32 * 0.25));
+//! let dy = Array2::from_elem((8, 4), f16::from_f32(0.01));        // from the layer above
+//! let mut stats = ln.stats_for(&x);
+//! let (mut y, mut dx) = (Array2::from_elem((8, 4), f16::ZERO), Array2::from_elem((8, 4), f16::ZERO));
+//! let (mut dgain, mut dbias) = (Array1::<f32>::zeros(4), Array1::<f32>::zeros(4));
+//!
+//! ln.forward_with_stats_into(&x, &mut y, &mut stats)?;            // f16 in, f16 out
+//! ln.backward_into(&x, &stats, &dy, &mut dx, Some(&mut dgain), Some(&mut dbias))?;
+//! if let (Some(mut gain), Some(mut bias)) = ln.parameters_mut() { // f32 master parameters
+//!     gain.scaled_add(-0.1, &dgain);
+//!     bias.scaled_add(-0.1, &dbias);
+//! }
+//! assert!((dbias[0] - 8.0 * 0.01).abs() < 1e-4);                   // Σ_rows dy, in f32
+//! assert!((ln.bias().expect("bias")[0] + 0.008).abs() < 1e-5);
 //! # Ok(())
 //! # }
 //! # #[cfg(not(feature = "half"))]
@@ -124,12 +157,15 @@ mod rows;
 mod serialize;
 mod stats;
 
-pub use crate::element::Element;
+pub use crate::element::{Element, Parameter};
 pub use crate::error::NormError;
 pub use crate::layer_norm::LayerNorm;
 pub use crate::norm::DEFAULT_EPS;
 pub use crate::rms_norm::{RmsNorm, RmsNormGrads};
 pub use crate::stats::{LayerNormGrads, NormStats, ResidualForward, RmsStats};
+/// The ndarray this crate is built on (0.17): use it to name array types when your own
+/// dependency is another version.
+pub use ndarray;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

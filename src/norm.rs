@@ -3,7 +3,7 @@
 //! and the jobs handed to the row driver (`rows.rs`). The public types wrap a [`NormCore`],
 //! choose its [`Centering`], and carry the documentation.
 
-use crate::element::Element;
+use crate::element::{Element, Parameter};
 use crate::error::NormError;
 use crate::kernels::{
     BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
@@ -12,8 +12,16 @@ use crate::rows::{self, ResidualRows};
 use crate::stats::{LayerNormGrads, NormStats};
 use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
 use num_traits::{FromPrimitive, One, Zero};
+use std::marker::PhantomData;
 
 /// The default `eps`, as in PyTorch, ONNX and candle.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// assert_eq!(layernorm::LayerNorm::<f32>::new(8)?.eps(), layernorm::DEFAULT_EPS);
+/// # Ok(())
+/// # }
+/// ```
 pub const DEFAULT_EPS: f64 = 1e-5;
 
 /// Whether a layer subtracts each row's mean before scaling it.
@@ -27,27 +35,28 @@ pub(crate) enum Centering {
 
 /// Parameters and kind of a normalization layer; see the public types for what each does.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct NormCore<A: Element> {
+pub(crate) struct NormCore<A: Element, P: Parameter<A>> {
     dim: usize,
-    gain: Option<Array1<A>>,
-    bias: Option<Array1<A>>,
+    gain: Option<Array1<P>>,
+    bias: Option<Array1<P>>,
     eps: f64,
     centering: Centering,
+    activations: PhantomData<A>,
 }
 
 /// Where a backward call writes: `dx`, and the accumulators the parameter gradients are added
 /// into (where the caller wants them).
-pub(crate) struct GradsInto<'a, A, D: Dimension> {
+pub(crate) struct GradsInto<'a, A, D: Dimension, P> {
     dx: &'a mut ArrayRef<A, D>,
-    gain: Option<&'a mut ArrayRef1<A>>,
-    bias: Option<&'a mut ArrayRef1<A>>,
+    gain: Option<&'a mut ArrayRef1<P>>,
+    bias: Option<&'a mut ArrayRef1<P>>,
 }
 
-impl<'a, A, D: Dimension> GradsInto<'a, A, D> {
+impl<'a, A, D: Dimension, P> GradsInto<'a, A, D, P> {
     pub(crate) fn new(
         dx: &'a mut ArrayRef<A, D>,
-        gain: Option<&'a mut ArrayRef1<A>>,
-        bias: Option<&'a mut ArrayRef1<A>>,
+        gain: Option<&'a mut ArrayRef1<P>>,
+        bias: Option<&'a mut ArrayRef1<P>>,
     ) -> Self {
         GradsInto { dx, gain, bias }
     }
@@ -109,14 +118,14 @@ fn write_standard<A: Element, D: Dimension>(out: &mut ArrayRef<A, D>, fill: impl
     out.assign(&view);
 }
 
-impl<A: Element> NormCore<A> {
+impl<A: Element, P: Parameter<A>> NormCore<A, P> {
     /// The one constructor: a layer over `dim` features with the given parameters (each, where
     /// present, of length `dim`) and eps, all validated.
     pub(crate) fn new(
         centering: Centering,
         dim: usize,
-        gain: Option<Array1<A>>,
-        bias: Option<Array1<A>>,
+        gain: Option<Array1<P>>,
+        bias: Option<Array1<P>>,
         eps: f64,
     ) -> Result<Self, NormError> {
         let dim = validate_dim(dim)?;
@@ -131,6 +140,7 @@ impl<A: Element> NormCore<A> {
             bias,
             eps: validate_eps(eps)?,
             centering,
+            activations: PhantomData,
         })
     }
 
@@ -141,12 +151,13 @@ impl<A: Element> NormCore<A> {
         gain: bool,
         bias: bool,
     ) -> Result<Self, NormError> {
-        let one = A::from_stat(A::Stat::one());
+        let one = P::from_stat(A::Stat::one());
+        let zero = P::from_stat(A::Stat::zero());
         Self::new(
             centering,
             dim,
             gain.then(|| Array1::from_elem(dim, one)),
-            bias.then(|| Array1::from_elem(dim, zero::<A>())),
+            bias.then(|| Array1::from_elem(dim, zero)),
             DEFAULT_EPS,
         )
     }
@@ -154,6 +165,31 @@ impl<A: Element> NormCore<A> {
     pub(crate) fn set_eps(&mut self, eps: f64) -> Result<(), NormError> {
         self.eps = validate_eps(eps)?;
         Ok(())
+    }
+
+    /// `Name { dim: 768, eps: 1e-5, gain: yes, bias: yes }`, for the public types' `Debug`.
+    pub(crate) fn debug_as(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let present =
+            |parameter: &Option<Array1<P>>| if parameter.is_some() { "yes" } else { "no" };
+        f.debug_struct(name)
+            .field("dim", &self.dim)
+            .field("eps", &self.eps)
+            .field("gain", &format_args!("{}", present(&self.gain)))
+            .field("bias", &format_args!("{}", present(&self.bias)))
+            .finish()
+    }
+
+    /// Zeroed statistics shaped for the rows of `x`: its shape without the last axis.
+    pub(crate) fn stats_for<D: Dimension>(
+        &self,
+        x: &ArrayRef<A, D>,
+    ) -> NormStats<A::Stat, D::Smaller> {
+        NormStats::zeros(stats_dim(&x.raw_dim()))
+    }
+
+    #[cfg(feature = "serde")]
+    pub(crate) fn centering(&self) -> Centering {
+        self.centering
     }
 
     pub(crate) fn dim(&self) -> usize {
@@ -164,45 +200,63 @@ impl<A: Element> NormCore<A> {
         self.eps
     }
 
-    pub(crate) fn gain(&self) -> Option<ArrayView1<'_, A>> {
+    pub(crate) fn gain(&self) -> Option<ArrayView1<'_, P>> {
         self.gain.as_ref().map(|gain| gain.view())
     }
 
-    pub(crate) fn bias(&self) -> Option<ArrayView1<'_, A>> {
+    pub(crate) fn bias(&self) -> Option<ArrayView1<'_, P>> {
         self.bias.as_ref().map(|bias| bias.view())
     }
 
-    pub(crate) fn gain_mut(&mut self) -> Option<ArrayViewMut1<'_, A>> {
+    pub(crate) fn gain_mut(&mut self) -> Option<ArrayViewMut1<'_, P>> {
         self.gain.as_mut().map(|gain| gain.view_mut())
     }
 
-    pub(crate) fn bias_mut(&mut self) -> Option<ArrayViewMut1<'_, A>> {
+    pub(crate) fn bias_mut(&mut self) -> Option<ArrayViewMut1<'_, P>> {
         self.bias.as_mut().map(|bias| bias.view_mut())
     }
 
     #[allow(clippy::type_complexity)]
     pub(crate) fn parameters_mut(
         &mut self,
-    ) -> (Option<ArrayViewMut1<'_, A>>, Option<ArrayViewMut1<'_, A>>) {
+    ) -> (Option<ArrayViewMut1<'_, P>>, Option<ArrayViewMut1<'_, P>>) {
         (
             self.gain.as_mut().map(|gain| gain.view_mut()),
             self.bias.as_mut().map(|bias| bias.view_mut()),
         )
     }
 
-    pub(crate) fn into_params(self) -> (Option<Array1<A>>, Option<Array1<A>>, f64) {
+    /// The same parameters and eps over data of type `H` (mixed precision).
+    pub(crate) fn for_activations<H: Element>(self) -> NormCore<H, P>
+    where
+        P: Parameter<H>,
+    {
+        NormCore {
+            dim: self.dim,
+            gain: self.gain,
+            bias: self.bias,
+            eps: self.eps,
+            centering: self.centering,
+            activations: PhantomData,
+        }
+    }
+
+    pub(crate) fn into_params(self) -> (Option<Array1<P>>, Option<Array1<P>>, f64) {
         (self.gain, self.bias, self.eps)
     }
 
-    /// The layer as the kernels see it.
-    fn layer(&self) -> Layer<'_, A> {
-        Layer {
+    /// Runs `work` on the layer as the kernels see it, with the parameters in the kernels'
+    /// type (borrowed, or widened for the call when half data keeps half parameters).
+    fn with_layer<R>(&self, work: impl FnOnce(Layer<'_, A>) -> R) -> R {
+        let gain = self.gain.as_ref().map(|g| P::to_compute(as_slice_1d(g)));
+        let bias = self.bias.as_ref().map(|b| P::to_compute(as_slice_1d(b)));
+        work(Layer {
             dim: self.dim,
-            gain: self.gain.as_ref().map(as_slice_1d),
-            bias: self.bias.as_ref().map(as_slice_1d),
+            gain: gain.as_deref(),
+            bias: bias.as_deref(),
             centered: self.centering == Centering::Mean,
             eps: A::Stat::from_f64(self.eps).expect("a finite eps converts to the statistics type"),
-        }
+        })
     }
 
     fn check_input<D: Dimension>(
@@ -262,11 +316,13 @@ impl<A: Element> NormCore<A> {
             RowStatsOut { mean, inv_std }
         });
         write_standard(out, |out| {
-            rows::forward(ForwardRows {
-                layer: self.layer(),
-                x: Some(x),
-                out,
-                stats,
+            self.with_layer(|layer| {
+                rows::forward(ForwardRows {
+                    layer,
+                    x: Some(x),
+                    out,
+                    stats,
+                })
             })
         });
         Ok(())
@@ -277,26 +333,27 @@ impl<A: Element> NormCore<A> {
         x: &mut ArrayRef<A, D>,
     ) -> Result<(), NormError> {
         self.check_input("x", x)?;
-        let layer = self.layer();
-        if let Some(data) = x.as_slice_mut() {
-            rows::forward(ForwardRows {
-                layer,
-                x: None,
-                out: data,
-                stats: None,
-            });
-        } else {
-            let copy = x.as_standard_layout().into_owned();
-            let source = standard_slice(&copy);
-            write_standard(x, |out| {
+        self.with_layer(|layer| {
+            if let Some(data) = x.as_slice_mut() {
                 rows::forward(ForwardRows {
                     layer,
-                    x: Some(source),
-                    out,
+                    x: None,
+                    out: data,
                     stats: None,
-                })
-            });
-        }
+                });
+            } else {
+                let copy = x.as_standard_layout().into_owned();
+                let source = standard_slice(&copy);
+                write_standard(x, |out| {
+                    rows::forward(ForwardRows {
+                        layer,
+                        x: Some(source),
+                        out,
+                        stats: None,
+                    })
+                });
+            }
+        });
         Ok(())
     }
 
@@ -319,17 +376,19 @@ impl<A: Element> NormCore<A> {
         let residual = residual.as_standard_layout();
         let (x, residual) = (standard_slice(&x), standard_slice(&residual));
         let (mean, inv_std) = stats.as_mut_slices();
-        write_standard(out, |out| {
-            write_standard(sum, |sum| {
-                rows::forward_residual(ResidualRows {
-                    norm: ForwardRows {
-                        layer: self.layer(),
-                        x: Some(x),
-                        out,
-                        stats: Some(RowStatsOut { mean, inv_std }),
-                    },
-                    residual,
-                    sum,
+        self.with_layer(|layer| {
+            write_standard(out, |out| {
+                write_standard(sum, |sum| {
+                    rows::forward_residual(ResidualRows {
+                        norm: ForwardRows {
+                            layer,
+                            x: Some(x),
+                            out,
+                            stats: Some(RowStatsOut { mean, inv_std }),
+                        },
+                        residual,
+                        sum,
+                    })
                 })
             })
         });
@@ -358,8 +417,9 @@ impl<A: Element> NormCore<A> {
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
         dsum: Option<&ArrayRef<A, D>>,
-    ) -> Result<LayerNormGrads<A, D>, NormError> {
-        let zeros = |present: bool| present.then(|| Array1::from_elem(self.dim, zero::<A>()));
+    ) -> Result<LayerNormGrads<A, D, P>, NormError> {
+        let parameter_zero = P::from_stat(A::Stat::zero());
+        let zeros = |present: bool| present.then(|| Array1::from_elem(self.dim, parameter_zero));
         let mut gain = zeros(self.gain.is_some());
         let mut bias = zeros(self.bias.is_some());
         let mut input = Array::from_elem(x.raw_dim(), zero::<A>());
@@ -375,7 +435,7 @@ impl<A: Element> NormCore<A> {
         stats: &NormStats<A::Stat, D::Smaller>,
         dy: &ArrayRef<A, D>,
         dsum: Option<&ArrayRef<A, D>>,
-        into: GradsInto<'_, A, D>,
+        into: GradsInto<'_, A, D, P>,
     ) -> Result<(), NormError> {
         self.check_input("x", x)?;
         expect_shape("dy", x.shape(), dy.shape())?;
@@ -402,30 +462,31 @@ impl<A: Element> NormCore<A> {
             gain: gain_grad,
             bias: bias_grad,
         } = into;
-        let mut gain_total: Option<Vec<A::Stat>> = gain_grad.as_deref().map(widen);
-        let mut bias_total: Option<Vec<A::Stat>> = bias_grad.as_deref().map(widen);
+        let mut gain_total: Option<Vec<A::Stat>> = gain_grad.as_deref().map(widen::<A, P>);
+        let mut bias_total: Option<Vec<A::Stat>> = bias_grad.as_deref().map(widen::<A, P>);
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
         let dsum = dsum.map(|dsum| dsum.as_standard_layout());
         let (means, inv_stds) = stats.as_slices();
-        let rows = BackwardRows {
-            layer: self.layer(),
-            x: standard_slice(&x),
-            dy: standard_slice(&dy),
-            means,
-            inv_stds,
-        };
         write_standard(dx, |dx| {
-            rows::backward(BackwardJob {
-                rows,
-                out: BackwardOut {
-                    dx,
-                    dsum: dsum.as_ref().map(|dsum| standard_slice(dsum)),
-                    sums: GradSums {
-                        gain: gain_total.as_deref_mut(),
-                        bias: bias_total.as_deref_mut(),
+            self.with_layer(|layer| {
+                rows::backward(BackwardJob {
+                    rows: BackwardRows {
+                        layer,
+                        x: standard_slice(&x),
+                        dy: standard_slice(&dy),
+                        means,
+                        inv_stds,
                     },
-                },
+                    out: BackwardOut {
+                        dx,
+                        dsum: dsum.as_ref().map(|dsum| standard_slice(dsum)),
+                        sums: GradSums {
+                            gain: gain_total.as_deref_mut(),
+                            bias: bias_total.as_deref_mut(),
+                        },
+                    },
+                })
             })
         });
         narrow_into(gain_grad, gain_total.as_deref());
@@ -440,19 +501,22 @@ fn zero<A: Element>() -> A {
 }
 
 /// The accumulator's values in the statistics type.
-fn widen<A: Element>(values: &ArrayRef1<A>) -> Vec<A::Stat> {
+fn widen<A: Element, P: Parameter<A>>(values: &ArrayRef1<P>) -> Vec<A::Stat> {
     match values.as_slice() {
-        Some(slice) => slice.iter().map(|&value| value.to_stat()).collect(),
-        None => values.iter().map(|&value| value.to_stat()).collect(),
+        Some(slice) => slice.iter().map(|&value| P::to_stat(value)).collect(),
+        None => values.iter().map(|&value| P::to_stat(value)).collect(),
     }
 }
 
 /// Writes the totals back into the caller's accumulator, rounded to its type.
-fn narrow_into<A: Element>(target: Option<&mut ArrayRef1<A>>, totals: Option<&[A::Stat]>) {
+fn narrow_into<A: Element, P: Parameter<A>>(
+    target: Option<&mut ArrayRef1<P>>,
+    totals: Option<&[A::Stat]>,
+) {
     let (Some(target), Some(totals)) = (target, totals) else {
         return;
     };
-    let narrow = |(slot, &total): (&mut A, &A::Stat)| *slot = A::from_stat(total);
+    let narrow = |(slot, &total): (&mut P, &A::Stat)| *slot = P::from_stat(total);
     match target.as_slice_mut() {
         Some(slice) => slice.iter_mut().zip(totals).for_each(narrow),
         None => target.iter_mut().zip(totals).for_each(narrow),

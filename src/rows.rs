@@ -34,6 +34,7 @@ pub(crate) fn task_rows(rows: usize, dim: usize, threads: usize) -> Option<usize
 /// A batch of rows the driver can cut into tasks.
 trait RowJob: Send + Sized {
     /// Split points are multiples of this many rows.
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
     const ALIGN: usize;
     fn rows(&self) -> usize;
     fn dim(&self) -> usize;

@@ -60,27 +60,60 @@ impl<S, D: Dimension> NormStats<S, D> {
     }
 
     /// Mean of each row, shaped like the input without its last axis.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = layernorm::LayerNorm::<f32>::new(2)?;
+    /// let (_y, stats) = ln.forward_with_stats(&ndarray::array![[[1.0, 3.0], [2.0, 2.0]]])?;
+    /// assert_eq!(stats.mean(), ndarray::array![[2.0, 2.0]]);  // shaped (1, 2)
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mean(&self) -> ArrayView<'_, S, D> {
         self.mean.view()
     }
 
     /// Inverse standard deviation `1 / √(σ² + ε)` of each row, shaped like [`mean`](Self::mean).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = layernorm::LayerNorm::<f64>::new(2)?.with_eps(0.0)?;
+    /// let (_y, stats) = ln.forward_with_stats(&ndarray::array![[1.0, 3.0]])?;
+    /// assert_eq!(stats.inv_std()[0], 1.0);                 // σ = 1
+    /// # Ok(())
+    /// # }
+    /// ```
     #[doc(alias = "rstd")]
     pub fn inv_std(&self) -> ArrayView<'_, S, D> {
         self.inv_std.view()
     }
 
     /// Shape of the statistics: the input's shape without its last axis.
+    ///
+    /// ```
+    /// let stats = layernorm::NormStats::<f64, ndarray::Ix2>::zeros(ndarray::Ix2(4, 16));
+    /// assert_eq!(stats.shape(), &[4, 16]);
+    /// ```
     pub fn shape(&self) -> &[usize] {
         self.mean.shape()
     }
 
     /// Number of rows the statistics describe.
+    ///
+    /// ```
+    /// let stats = layernorm::NormStats::<f64, ndarray::Ix2>::zeros(ndarray::Ix2(4, 16));
+    /// assert_eq!(stats.len(), 64);
+    /// ```
     pub fn len(&self) -> usize {
         self.mean.len()
     }
 
     /// `true` when the statistics describe zero rows.
+    ///
+    /// ```
+    /// let stats = layernorm::NormStats::<f64, ndarray::Ix1>::zeros(ndarray::Ix1(0));
+    /// assert!(stats.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.mean.is_empty()
     }
@@ -111,6 +144,16 @@ impl<S, D: Dimension> NormStats<S, D> {
     }
 
     /// Consumes the statistics, returning `(mean, inv_std)`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ln = layernorm::LayerNorm::<f64>::new(2)?.with_eps(0.0)?;
+    /// let (_y, stats) = ln.forward_with_stats(&ndarray::array![[1.0, 3.0]])?;
+    /// let (mean, inv_std) = stats.into_parts();
+    /// assert_eq!((mean[0], inv_std[0]), (2.0, 1.0));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn into_parts(self) -> (Array<S, D>, Array<S, D>) {
         (self.mean, self.inv_std)
     }
@@ -171,22 +214,46 @@ impl<S, D: Dimension> RmsStats<S, D> {
     }
 
     /// Inverse root mean square `1 / √(mean(x²) + ε)` of each row.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rms = layernorm::RmsNorm::<f64>::new(2)?.with_eps(0.0)?;
+    /// let (_y, stats) = rms.forward_with_stats(&ndarray::array![[1.0, 1.0]])?;
+    /// assert_eq!(stats.inv_rms()[0], 1.0);
+    /// # Ok(())
+    /// # }
+    /// ```
     #[doc(alias = "rstd")]
     pub fn inv_rms(&self) -> ArrayView<'_, S, D> {
         self.inner.inv_std()
     }
 
     /// Shape of the statistics: the input's shape without its last axis.
+    ///
+    /// ```
+    /// let stats = layernorm::RmsStats::<f64, ndarray::Ix1>::zeros(ndarray::Ix1(3));
+    /// assert_eq!(stats.shape(), &[3]);
+    /// ```
     pub fn shape(&self) -> &[usize] {
         self.inner.shape()
     }
 
     /// Number of rows the statistics describe.
+    ///
+    /// ```
+    /// let stats = layernorm::RmsStats::<f64, ndarray::Ix2>::zeros(ndarray::Ix2(2, 3));
+    /// assert_eq!(stats.len(), 6);
+    /// ```
     pub fn len(&self) -> usize {
         self.inner.len()
     }
 
     /// `true` when the statistics describe zero rows.
+    ///
+    /// ```
+    /// let stats = layernorm::RmsStats::<f64, ndarray::Ix1>::zeros(ndarray::Ix1(3));
+    /// assert!(!stats.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
     }
@@ -194,23 +261,47 @@ impl<S, D: Dimension> RmsStats<S, D> {
 
 /// Gradients returned by [`LayerNorm::backward`](crate::LayerNorm::backward).
 ///
-/// `gain` and `bias` are `None` where the layer has no such parameter.
+/// `gain` and `bias` are `None` where the layer has no such parameter; they are in the layer's
+/// parameter type `P` (the data type, or `f32` for a mixed-precision layer over half data).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let ln = layernorm::LayerNorm::<f64>::new(2)?;
+/// let x = ndarray::array![[1.0, 3.0]];
+/// let (_y, stats) = ln.forward_with_stats(&x)?;
+/// let grads = ln.backward(&x, &stats, &ndarray::array![[1.0, 1.0]])?;
+/// assert_eq!(grads.bias, Some(ndarray::array![1.0, 1.0]));  // Σ_rows dy
+/// assert!(grads.input.iter().all(|d| d.abs() < 1e-12));    // a uniform dy has no effect
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct LayerNormGrads<A, D: Dimension> {
+pub struct LayerNormGrads<A, D: Dimension, P = A> {
     /// `∂L/∂x`, shaped like the input.
     pub input: Array<A, D>,
     /// `∂L/∂gain`, one value per feature: `Σ_rows dyᵢ · x̂ᵢ`.
     #[doc(alias = "weight")]
     #[doc(alias = "gamma")]
-    pub gain: Option<Array1<A>>,
+    pub gain: Option<Array1<P>>,
     /// `∂L/∂bias`, one value per feature: `Σ_rows dyᵢ`.
     #[doc(alias = "beta")]
-    pub bias: Option<Array1<A>>,
+    pub bias: Option<Array1<P>>,
 }
 
 /// What the fused residual forward returns: `output = norm(x + residual)`, the `sum`
 /// `x + residual` (the residual stream the next block adds to), and the statistics the backward
 /// pass needs ([`NormStats`] for LayerNorm, [`RmsStats`] for RmsNorm).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let ln = layernorm::LayerNorm::<f32>::new(2)?.with_eps(0.0)?;
+/// let step = ln.forward_residual(&ndarray::array![[0.0, 1.0]], &ndarray::array![[1.0, 3.0]])?;
+/// assert_eq!(step.sum, ndarray::array![[1.0, 4.0]]);
+/// assert_eq!(step.output, ndarray::array![[-1.0, 1.0]]);
+/// assert_eq!(step.stats.mean()[0], 2.5);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResidualForward<A, D: Dimension, St> {
     /// The normalized sum, shaped like `x`.

@@ -142,3 +142,91 @@ fn half_results_do_not_depend_on_the_thread_count() {
     };
     assert!(pool(1).install(compute) == pool(2).install(compute));
 }
+
+/// A layer with f32 parameters over half data computes what the half layer with the same
+/// parameter values computes: y, statistics and dx bit for bit, and parameter gradients whose
+/// rounding to half is the half layer's.
+fn check_mixed<H: Element<Stat = f32>>(name: &str)
+where
+    f32: layernorm::Parameter<H>,
+{
+    let mut rng = common::rng(41);
+    let (rows, dim) = (40, 96);
+    let x = common::normal_matrix(&mut rng, rows, dim, 3.0, 2.0).mapv(|v| H::from_stat(v as f32));
+    let dy = common::normal_matrix(&mut rng, rows, dim, 0.0, 1.0).mapv(|v| H::from_stat(v as f32));
+    // Parameter values that half represents exactly, so both layers hold the same numbers.
+    let gain = Array1::linspace(0.5f32, 1.5, dim).mapv(|g| H::from_stat(g).to_stat());
+    let bias = Array1::linspace(-0.25f32, 0.25, dim).mapv(|b| H::from_stat(b).to_stat());
+    let half = LayerNorm::from_params(gain.mapv(H::from_stat), bias.mapv(H::from_stat), 1e-5)
+        .expect("valid");
+    let mixed = LayerNorm::from_params(gain, bias, 1e-5)
+        .expect("valid")
+        .for_activations::<H>();
+    let (y_half, stats_half) = half.forward_with_stats(&x).expect("valid");
+    let (y_mixed, stats_mixed) = mixed.forward_with_stats(&x).expect("valid");
+    assert_eq!(y_half, y_mixed, "{name}: y");
+    assert_eq!(stats_half, stats_mixed, "{name}: stats");
+    let grads_half = half.backward(&x, &stats_half, &dy).expect("valid");
+    let grads_mixed = mixed.backward(&x, &stats_mixed, &dy).expect("valid");
+    assert_eq!(grads_half.input, grads_mixed.input, "{name}: dx");
+    let gain_mixed: Array1<f32> = grads_mixed.gain.expect("gain");
+    assert_eq!(
+        grads_half.gain,
+        Some(gain_mixed.mapv(H::from_stat)),
+        "{name}"
+    );
+    let rms_half =
+        RmsNorm::from_gain(Array1::from_elem(dim, H::from_stat(0.75)), 1e-5).expect("valid");
+    let rms_mixed = RmsNorm::from_gain(Array1::from_elem(dim, 0.75f32), 1e-5)
+        .expect("valid")
+        .for_activations::<H>();
+    assert_eq!(
+        rms_half.forward(&x).expect("valid"),
+        rms_mixed.forward(&x).expect("valid")
+    );
+}
+
+#[test]
+fn f32_parameters_over_half_data_compute_what_half_parameters_compute() {
+    check_mixed::<f16>("f16");
+    check_mixed::<bf16>("bf16");
+}
+
+/// Many small steps of parameter gradient: an f16 accumulator stops growing once each step is
+/// below half its ulp (mixed precision keeps them in f32 for that reason); an f32 accumulator
+/// stays within a few f32 ulps per step of the exact sum.
+#[test]
+fn f32_gradient_accumulators_do_not_lose_small_steps_where_f16_ones_do() {
+    let (rows, dim, steps) = (2, 8, 5000);
+    let mut rng = common::rng(42);
+    let x = common::normal_matrix(&mut rng, rows, dim, 0.0, 1.0).mapv(f16::from_f64);
+    let dy = Array2::from_elem((rows, dim), f16::from_f32(1e-4));
+    let half = LayerNorm::<f16>::new(dim).expect("valid");
+    let mixed = LayerNorm::<f32>::new(dim)
+        .expect("valid")
+        .for_activations::<f16>();
+    let (_, stats) = half.forward_with_stats(&x).expect("valid");
+    let mut dx = Array2::from_elem((rows, dim), f16::ZERO);
+    let mut bias_half = Array1::from_elem(dim, f16::ZERO);
+    let mut bias_mixed = Array1::<f32>::zeros(dim);
+    for _ in 0..steps {
+        half.backward_into(&x, &stats, &dy, &mut dx, None, Some(&mut bias_half))
+            .expect("valid");
+        mixed
+            .backward_into(&x, &stats, &dy, &mut dx, None, Some(&mut bias_mixed))
+            .expect("valid");
+    }
+    // Exact: every step adds rows · dy = 2 · f16(1e-4), about 1 in all.
+    let exact = (steps * rows) as f64 * f64::from(f16::from_f32(1e-4).to_f32());
+    let error = |value: f32| (f64::from(value) - exact).abs() / exact;
+    let (half_error, mixed_error) = (error(bias_half[0].to_f32()), error(bias_mixed[0]));
+    println!("dbias after {steps} steps: exact {exact}, f16 {} ({half_error:.1e}), f32 {} ({mixed_error:.1e})", bias_half[0], bias_mixed[0]);
+    assert!(
+        half_error > 0.1,
+        "the f16 accumulator was expected to drift: {half_error}"
+    );
+    assert!(
+        mixed_error < 1e-5,
+        "the f32 accumulator drifted: {mixed_error}"
+    );
+}

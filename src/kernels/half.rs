@@ -11,7 +11,7 @@ use crate::element::Element;
 use half::slice::HalfFloatSliceExt;
 
 /// A half-precision element: bulk conversions to and from f32.
-pub(crate) trait HalfElement: Element<Stat = f32> {
+pub(crate) trait HalfElement: Element<Stat = f32, Compute = f32> {
     fn widen(values: &[Self], into: &mut [f32]);
     fn narrow(values: &[f32], into: &mut [Self]);
 }
@@ -36,36 +36,14 @@ half_element!(half::bf16);
 /// Elements converted per chunk (whole rows, at least one).
 const CHUNK_ELEMENTS: usize = 1 << 13;
 
-fn widened<H: HalfElement>(values: Option<&[H]>) -> Option<Vec<f32>> {
-    values.map(|values| {
-        let mut wide = vec![0.0; values.len()];
-        H::widen(values, &mut wide);
-        wide
-    })
-}
-
-/// The layer's parameters widened to f32 (owned for the duration of one call).
-struct WideParams {
-    gain: Option<Vec<f32>>,
-    bias: Option<Vec<f32>>,
-}
-
-impl WideParams {
-    fn new<H: HalfElement>(layer: Layer<'_, H>) -> Self {
-        WideParams {
-            gain: widened(layer.gain),
-            bias: widened(layer.bias),
-        }
-    }
-
-    fn layer<H: HalfElement>(&self, layer: Layer<'_, H>) -> Layer<'_, f32> {
-        Layer {
-            dim: layer.dim,
-            gain: self.gain.as_deref(),
-            bias: self.bias.as_deref(),
-            centered: layer.centered,
-            eps: f64::from(layer.eps),
-        }
+/// The layer as the f32 kernels see it: the parameters are f32 already.
+fn wide<H: HalfElement>(layer: Layer<'_, H>) -> Layer<'_, f32> {
+    Layer {
+        dim: layer.dim,
+        gain: layer.gain,
+        bias: layer.bias,
+        centered: layer.centered,
+        eps: f64::from(layer.eps),
     }
 }
 
@@ -73,8 +51,7 @@ impl WideParams {
 pub(crate) fn forward_rows<H: HalfElement>(job: ForwardRows<'_, H>) {
     let (layer, x, out, mut stats) = (job.layer, job.x, job.out, job.stats);
     let dim = layer.dim;
-    let params = WideParams::new(layer);
-    let wide_layer = params.layer(layer);
+    let wide_layer = wide(layer);
     let chunk_rows = (CHUNK_ELEMENTS / dim).max(1);
     let mut x_wide = vec![0.0f32; chunk_rows * dim];
     let mut out_wide = vec![0.0f32; chunk_rows * dim];
@@ -114,8 +91,7 @@ pub(crate) fn forward_rows<H: HalfElement>(job: ForwardRows<'_, H>) {
 pub(crate) fn backward_rows<H: HalfElement>(job: BackwardJob<'_, H>) {
     let (rows, BackwardOut { dx, dsum, sums }) = (job.rows, job.out);
     let dim = rows.layer.dim;
-    let params = WideParams::new(rows.layer);
-    let wide_layer = params.layer(rows.layer);
+    let wide_layer = wide(rows.layer);
     let chunk_rows = (CHUNK_ELEMENTS / dim)
         .max(1)
         .next_multiple_of(simd::FOLD_ROWS);

@@ -17,14 +17,14 @@ use crate::element::Element;
 use num_traits::Zero;
 
 /// What a layer does to each row: the row length, the per-feature gain and bias (slices of
-/// length `dim`, where present), whether the row is centered first (LayerNorm) or only scaled by
+/// length `dim`, where present, in the kernels' type `A::Compute`), whether the row is centered first (LayerNorm) or only scaled by
 /// its root mean square (RmsNorm, where the "mean" of the statistics is 0 and `σ² = mean(x²)`),
 /// and ε in the statistics type.
 #[derive(Debug)]
 pub struct Layer<'a, A: Element> {
     pub(crate) dim: usize,
-    pub(crate) gain: Option<&'a [A]>,
-    pub(crate) bias: Option<&'a [A]>,
+    pub(crate) gain: Option<&'a [A::Compute]>,
+    pub(crate) bias: Option<&'a [A::Compute]>,
     pub(crate) centered: bool,
     pub(crate) eps: A::Stat,
 }

@@ -96,10 +96,10 @@ fn normalize_row<A: Element>(
         let value = x.map_or(out[i], |x| x[i]);
         let mut y = normalized(value.to_stat(), mean, inv_std);
         if let Some(gain) = layer.gain {
-            y = y * gain[i].to_stat();
+            y = y * gain[i].into();
         }
         if let Some(bias) = layer.bias {
-            y = y + bias[i].to_stat();
+            y = y + bias[i].into();
         }
         out[i] = A::from_stat(y);
     }
@@ -135,7 +135,7 @@ pub(crate) fn backward_rows<A: Element>(job: BackwardJob<'_, A>) {
         let (mean, inv_std) = (rows.means[row_index], rows.inv_stds[row_index]);
         let x_hat = |i: usize| normalized(x_row[i].to_stat(), mean, inv_std);
         let g = |i: usize| match rows.layer.gain {
-            Some(gain) => gain[i].to_stat() * dy_row[i].to_stat(),
+            Some(gain) => gain[i].into() * dy_row[i].to_stat(),
             None => dy_row[i].to_stat(),
         };
         let mean_g = if rows.layer.centered {

@@ -26,7 +26,9 @@ use pulp::Simd;
 
 /// A float type with SIMD vectors in every pulp instruction set: the operations the kernels
 /// use, named once so that one generic body serves f32 and f64.
-pub(crate) trait SimdFloat: Element<Stat = f64> + Pod + num_traits::Float {
+pub(crate) trait SimdFloat:
+    Element<Stat = f64, Compute = Self> + Pod + num_traits::Float
+{
     type Vector<S: Simd>: Copy + Pod;
     /// Below this sum of squares, squared deviations may have lost bits to subnormals.
     const TINY_SUM_OF_SQUARES: f64;
