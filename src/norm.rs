@@ -291,7 +291,7 @@ impl<A: Element, P: Parameter<A>> NormCore<A, P> {
         x: &ArrayRef<A, D>,
     ) -> Result<(Array<A, D>, NormStats<A::Stat, D::Smaller>), NormError> {
         let mut out = Array::from_elem(x.raw_dim(), zero::<A>());
-        let mut stats = NormStats::zeros(stats_dim(&x.raw_dim()));
+        let mut stats = self.stats_for(x);
         self.forward_into_with(x, &mut out, Some(&mut stats))?;
         Ok((out, stats))
     }
@@ -404,7 +404,7 @@ impl<A: Element, P: Parameter<A>> NormCore<A, P> {
     ) -> Result<(Array<A, D>, Array<A, D>, NormStats<A::Stat, D::Smaller>), NormError> {
         let mut out = Array::from_elem(x.raw_dim(), zero::<A>());
         let mut sum = Array::from_elem(x.raw_dim(), zero::<A>());
-        let mut stats = NormStats::zeros(stats_dim(&x.raw_dim()));
+        let mut stats = self.stats_for(x);
         self.forward_residual_into(x, residual, &mut out, &mut sum, &mut stats)?;
         Ok((out, sum, stats))
     }

@@ -17,18 +17,35 @@ use crate::kernels::{add_into, BackwardJob, BackwardOut, CutAt, ForwardRows, Gra
 /// it changes the rounding of `dgain` and `dbias` (never which threads see which block).
 pub(crate) const GRAD_BLOCK_ROWS: usize = 64;
 
-/// Elements a parallel task holds, about: large enough that handing it to another thread costs
-/// little against the work, small enough that the threads share the work evenly.
+/// Below this many elements a batch stays on the calling thread: it takes less time than
+/// waking rayon's sleeping workers costs.
 #[cfg(feature = "rayon")]
-const TASK_ELEMENTS: usize = 1 << 16;
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+
+/// The smallest task, in elements: against it, the cost of handing a task to another thread
+/// (a `rayon::join`) stays small.
+#[cfg(feature = "rayon")]
+const MIN_TASK_ELEMENTS: usize = 1 << 14;
+
+/// Tasks per thread, where the batch is large enough: a few, so that a thread that finishes
+/// early, or wakes up late, takes over work from the others.
+#[cfg(feature = "rayon")]
+const TASKS_PER_THREAD: usize = 4;
 
 /// How a batch of `rows` rows of `dim` elements is cut for `threads` threads: `None` keeps it
-/// on the calling thread (one thread, or fewer than [`TASK_ELEMENTS`] elements in all),
-/// otherwise `Some(rows per task)`: about [`TASK_ELEMENTS`] elements, at least one row. Only
+/// on the calling thread (one thread, or fewer than [`PARALLEL_MIN_ELEMENTS`] elements in all);
+/// otherwise `Some(rows per task)`: enough tasks for [`TASKS_PER_THREAD`] per thread, none
+/// smaller than [`MIN_TASK_ELEMENTS`] elements, at least one row. Jobs with aligned split
+/// points (the backward pass's 64-row gradient blocks) round tasks up to whole blocks. Only
 /// the speed depends on it, never the result.
 #[cfg(feature = "rayon")]
 pub(crate) fn task_rows(rows: usize, dim: usize, threads: usize) -> Option<usize> {
-    (threads > 1 && rows * dim >= TASK_ELEMENTS).then(|| (TASK_ELEMENTS / dim).max(1))
+    if threads <= 1 || rows * dim < PARALLEL_MIN_ELEMENTS {
+        return None;
+    }
+    let for_every_thread = rows.div_ceil(threads * TASKS_PER_THREAD);
+    let smallest = MIN_TASK_ELEMENTS.div_ceil(dim);
+    Some(for_every_thread.max(smallest).max(1))
 }
 
 /// A batch of rows the driver can cut into tasks.
@@ -301,15 +318,49 @@ pub(crate) fn backward<A: Element>(job: BackwardJob<'_, A>) {
 mod tests {
     use super::task_rows;
 
-    /// The tasks each shape is cut into: one thread or a small batch stays whole; otherwise
-    /// tasks of about 65 536 elements.
+    /// Tasks of `rows` rows for a job whose split points are multiples of `align` rows, as
+    /// `split` cuts it: halves at aligned rows until a piece has at most `task` rows.
+    fn tasks(rows: usize, align: usize, task: usize) -> usize {
+        let half = rows.div_ceil(align) / 2 * align;
+        if rows <= task || half == 0 {
+            1
+        } else {
+            tasks(half, align, task) + tasks(rows - half, align, task)
+        }
+    }
+
+    /// The tasks the usual shapes are cut into on 1 to 16 threads (forward: any row; backward:
+    /// whole 64-row gradient blocks): a small batch or one thread stays whole; otherwise at
+    /// least one task per thread where the rows allow it, about four, none under 16 384
+    /// elements.
     #[test]
-    fn task_rows_cut_batches_into_tasks_of_about_65536_elements() {
+    fn task_rows_give_every_thread_work_without_tiny_tasks() {
         assert_eq!(task_rows(512, 1024, 1), None);
         assert_eq!(task_rows(32, 768, 16), None);
-        assert_eq!(task_rows(512, 1024, 2), Some(64));
-        assert_eq!(task_rows(4096, 1024, 16), Some(64));
-        assert_eq!(task_rows(65536, 64, 2), Some(1024));
         assert_eq!(task_rows(2, 1 << 20, 2), Some(1));
+        // (rows, dim, threads) -> (forward tasks, backward tasks)
+        let expected = [
+            ((512, 1024, 2), (8, 8)),
+            ((512, 1024, 4), (16, 8)),
+            ((512, 1024, 8), (32, 8)),
+            ((512, 1024, 16), (32, 8)),
+            ((4096, 1024, 2), (8, 8)),
+            ((4096, 1024, 16), (64, 64)),
+            ((8192, 4096, 16), (64, 64)),
+            ((65536, 64, 2), (8, 8)),
+            ((65536, 64, 16), (64, 64)),
+        ];
+        for ((rows, dim, threads), counts) in expected {
+            let task = task_rows(rows, dim, threads).expect("parallel");
+            let found = (tasks(rows, 1, task), tasks(rows, 64, task));
+            assert_eq!(
+                found, counts,
+                "{rows}x{dim} on {threads} threads, {task} rows a task"
+            );
+            assert!(
+                found.0 >= threads.min(rows * dim / (1 << 14)),
+                "{rows}x{dim}"
+            );
+        }
     }
 }
