@@ -336,6 +336,111 @@ fn bench_rms(c: &mut Criterion) {
     group.finish();
 }
 
+/// Half precision against f32 in the same group, one thread: `forward_into` and
+/// `backward_into` of f16, bf16 and f16 data with f32 parameters (mixed precision) next to f32,
+/// GB/s counting each type's own element size. Run with
+/// `cargo bench --features half --bench layer_norm -- half/`.
+#[cfg(feature = "half")]
+fn bench_half(c: &mut Criterion) {
+    use half::{bf16, f16};
+    let mut group = configured(c, "half".to_string());
+    let one_thread = &pools()[0].1;
+    for (rows, cols) in [(512, 1024), (4096, 1024), (8192, 4096)] {
+        let shape = format!("{rows}x{cols}");
+        let x = random::<f32>(rows, cols, 4);
+        let dy = random::<f32>(rows, cols, 5);
+        fn run<A: Element, P: layernorm::Parameter<A>>(
+            group: &mut criterion::BenchmarkGroup<'_, WallTime>,
+            pool: &rayon::ThreadPool,
+            (name, shape): (&str, &str),
+            ln: LayerNorm<A, P>,
+            (x, dy): (Array2<A>, Array2<A>),
+            gradients: (Array1<P>, Array1<P>),
+        ) {
+            let (rows, cols) = x.dim();
+            let (mut gain_grad, mut bias_grad) = gradients;
+            let mut out = x.clone();
+            let mut stats = ln.stats_for(&x);
+            ln.forward_with_stats_into(&x, &mut out, &mut stats)
+                .expect("valid");
+            // Forward moves 2 and backward 3 elements of A per element of x.
+            let bytes = (rows * cols * size_of::<A>()) as u64;
+            group.throughput(Throughput::Bytes(2 * bytes));
+            let id = BenchmarkId::new(format!("{name}/forward_into/1t"), shape);
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    time_in(pool, iters, || {
+                        ln.forward_into(black_box(&x), black_box(&mut out))
+                            .expect("valid")
+                    })
+                })
+            });
+            group.throughput(Throughput::Bytes(3 * bytes));
+            let id = BenchmarkId::new(format!("{name}/backward_into/1t"), shape);
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    time_in(pool, iters, || {
+                        ln.backward_into(
+                            black_box(&x),
+                            &stats,
+                            black_box(&dy),
+                            black_box(&mut out),
+                            Some(&mut gain_grad),
+                            Some(&mut bias_grad),
+                        )
+                        .expect("valid")
+                    })
+                })
+            });
+        }
+        let zeros = || (Array1::zeros(cols), Array1::zeros(cols));
+        let halves = |to: fn(f32) -> f16| (x.mapv(to), dy.mapv(to));
+        let f32_layer = LayerNorm::<f32>::new(cols).expect("valid");
+        run(
+            &mut group,
+            one_thread,
+            ("f32", &shape),
+            f32_layer.clone(),
+            (x.clone(), dy.clone()),
+            zeros(),
+        );
+        let f16_zeros = (
+            Array1::from_elem(cols, f16::ZERO),
+            Array1::from_elem(cols, f16::ZERO),
+        );
+        run(
+            &mut group,
+            one_thread,
+            ("f16", &shape),
+            LayerNorm::<f16>::new(cols).expect("valid"),
+            halves(f16::from_f32),
+            f16_zeros,
+        );
+        let bf16_zeros = (
+            Array1::from_elem(cols, bf16::ZERO),
+            Array1::from_elem(cols, bf16::ZERO),
+        );
+        let bf16_data = (x.mapv(bf16::from_f32), dy.mapv(bf16::from_f32));
+        run(
+            &mut group,
+            one_thread,
+            ("bf16", &shape),
+            LayerNorm::<bf16>::new(cols).expect("valid"),
+            bf16_data,
+            bf16_zeros,
+        );
+        run(
+            &mut group,
+            one_thread,
+            ("f16_f32_params", &shape),
+            f32_layer.for_activations::<f16>(),
+            halves(f16::from_f32),
+            zeros(),
+        );
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     bench_forward::<f32>(c, "f32");
     bench_forward::<f64>(c, "f64");
@@ -343,6 +448,8 @@ fn benches(c: &mut Criterion) {
     bench_backward::<f64>(c, "f64");
     bench_residual(c);
     bench_rms(c);
+    #[cfg(feature = "half")]
+    bench_half(c);
 }
 
 criterion_group!(layer_norm, benches);
