@@ -68,6 +68,16 @@
 //! - NaN and ±Inf propagate to their own row only.
 //! - Results do not depend on the number of threads: `y` and `dx` are computed row by row, and
 //!   parameter gradients are summed in fixed blocks of rows combined in a fixed order.
+//! - Nor on the instruction set: f32, f64, f16 and bf16 results (outputs, statistics, input and
+//!   parameter gradients) are the same bits on AVX-512, AVX2, NEON and the scalar path. Every
+//!   sum is formed in a fixed logical layout (element `i` of a row goes to logical lane
+//!   `i mod 32` for f32, `i mod 16` for f64, lanes combined by one fixed tree), fused
+//!   multiply-adds are used in the same places on every path, and the elementwise work is
+//!   exact per element. A training run, a published table or a test expectation can be
+//!   reproduced bit for bit on another machine. To check it, or to reproduce a result the slow
+//!   way, cap the instruction set with the environment variable `LAYERNORM_MAX_ISA`
+//!   (`scalar`, `avx2`, `avx512`, `neon`; read once, at the first call; an unknown value means
+//!   no cap).
 //!
 //! # Speed
 //!

@@ -5,8 +5,9 @@
 //! [`BackwardJob`] (what backward reads, [`BackwardRows`], and writes, [`BackwardOut`]). Each
 //! knows its number of rows and splits in two at a row, which is all the driver in `rows.rs`
 //! needs to cut a batch into tasks. The kernels take the whole value through [`Element`]'s
-//! hooks: `scalar` is the specification; `simd` is the fast path for `f32` and `f64`, chosen
-//! per CPU at run time; `half` widens f16 and bf16 to f32 for the SIMD kernels.
+//! hooks: `scalar` is the specification (and computes the rows the fast path hands it: NaN,
+//! ±Inf, overflowing squares); `simd` is the fast path for `f32` and `f64`, the same bits on
+//! every instruction set; `half` widens f16 and bf16 to f32 for the SIMD kernels.
 
 #[cfg(feature = "half")]
 pub(crate) mod half;

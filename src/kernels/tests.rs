@@ -403,3 +403,133 @@ fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
         }
     }
 }
+
+/// Everything one instruction set computes for `x`: forward out of place (y, means, inv_stds),
+/// in place, and backward (dx, gain sums, bias sums), as bit patterns.
+fn all_results<T: SimdFloat>(
+    arch: pulp::Arch,
+    x: &[T],
+    dy: &[T],
+    layer: Layer<'_, T>,
+) -> Vec<Vec<u64>> {
+    let bits =
+        |values: &[T]| -> Vec<u64> { values.iter().map(|v| v.to_stat().to_bits()).collect() };
+    let f64_bits = |values: &[f64]| -> Vec<u64> { values.iter().map(|v| v.to_bits()).collect() };
+    let (dim, rows) = (layer.dim, x.len() / layer.dim);
+    let (mut means, mut inv_stds) = (vec![0.0; rows], vec![0.0; rows]);
+    let mut y = vec![T::zero(); x.len()];
+    let stats = RowStatsOut {
+        mean: &mut means,
+        inv_std: &mut inv_stds,
+    };
+    forward(Some(arch), layer, Some(x), &mut y, Some(stats));
+    let mut in_place = x.to_vec();
+    forward(Some(arch), layer, None, &mut in_place, None);
+    let rows_in = BackwardRows {
+        layer,
+        x,
+        dy,
+        means: &means,
+        inv_stds: &inv_stds,
+    };
+    let mut dx = vec![T::zero(); x.len()];
+    let (mut gain_sums, mut bias_sums) = (vec![0.0; dim], vec![0.0; dim]);
+    let sums = both_sums(&mut gain_sums, &mut bias_sums);
+    backward(Some(arch), rows_in, &mut dx, None, sums);
+    vec![
+        bits(&y),
+        f64_bits(&means),
+        f64_bits(&inv_stds),
+        bits(&in_place),
+        bits(&dx),
+        f64_bits(&gain_sums),
+        f64_bits(&bias_sums),
+    ]
+}
+
+/// The same bits on every instruction set: each one's results equal the scalar path's bit for
+/// bit, on every length from 1 to 130 and around 1024, at three alignments, with and without
+/// parameters, for LayerNorm and RmsNorm, and on rows that take the exact fallback.
+fn check_same_bits<T: SimdFloat>(offsets: &[f64]) {
+    let mut rng = StdRng::seed_from_u64(9);
+    let sets = instruction_sets();
+    for dim in LENGTHS.into_iter().flatten() {
+        for &start in &OFFSETS {
+            for &mean_offset in offsets {
+                let data = data::<T>(&mut rng, start + ROWS * dim, dim, mean_offset);
+                let (x, dy) = (&data.x[start..], &data.dy[start..]);
+                for (gain, bias, centered) in [
+                    (Some(&data.gain[..]), Some(&data.bias[..]), true),
+                    (None, None, true),
+                    (Some(&data.gain[..]), None, false),
+                    (None, Some(&data.bias[..]), false),
+                ] {
+                    let layer = Layer {
+                        dim,
+                        gain,
+                        bias,
+                        centered,
+                        eps: 1e-5,
+                    };
+                    let reference = all_results(pulp::Arch::Scalar, x, dy, layer);
+                    for &(name, arch) in &sets {
+                        assert!(
+                            all_results(arch, x, dy, layer) == reference,
+                            "{name} differs from scalar: dim {dim} start {start} offset {mean_offset} centered {centered}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_results_are_the_same_bits_on_every_instruction_set() {
+    check_same_bits::<f32>(&[0.0, 1e4]);
+}
+
+#[test]
+fn f64_results_are_the_same_bits_on_every_instruction_set() {
+    check_same_bits::<f64>(&[0.0, 30.0]);
+}
+
+#[test]
+fn fallback_rows_are_the_same_bits_on_every_instruction_set() {
+    for dim in [5, 37, 300, 1000] {
+        let (x, _) = mixed_rows(dim);
+        let dy: Vec<f32> = (0..x.len()).map(|i| (i % 7) as f32 - 3.0).collect();
+        let layer = Layer {
+            dim,
+            gain: None,
+            bias: None,
+            centered: true,
+            eps: 0.0,
+        };
+        let reference = all_results(pulp::Arch::Scalar, &x, &dy, layer);
+        for (name, arch) in instruction_sets() {
+            assert!(
+                all_results(arch, &x, &dy, layer) == reference,
+                "{name} differs from scalar on mixed rows of {dim}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_instruction_set_cap_is_read_from_its_name() {
+    use super::simd::capped_arch;
+    assert!(matches!(capped_arch(Some("scalar")), pulp::Arch::Scalar));
+    assert!(matches!(capped_arch(Some(" SCALAR ")), pulp::Arch::Scalar));
+    // Unknown values and no value mean no cap: the widest set this CPU has.
+    let best = format!("{:?}", pulp::Arch::new());
+    assert_eq!(format!("{:?}", capped_arch(Some("avx9000"))), best);
+    assert_eq!(format!("{:?}", capped_arch(None)), best);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v3) = pulp::x86::V3::try_new() {
+        assert_eq!(
+            format!("{:?}", capped_arch(Some("avx2"))),
+            format!("{:?}", pulp::Arch::V3(v3))
+        );
+    }
+}

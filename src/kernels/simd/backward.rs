@@ -21,9 +21,6 @@ impl<T: SimdFloat> WithSimd for Backward<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        if S::IS_SCALAR {
-            return scalar::backward_rows(self.job);
-        }
         // One body per combination of gain and wanted gradients: no loop tests for them.
         let sums = &self.job.out.sums;
         with_flags!(
@@ -57,7 +54,7 @@ fn backward_all<T: SimdFloat, S: Simd, V: BackwardBody>(simd: S, backward: Backw
     scratch.resize(2 * dim, T::zero());
     let (gain_sums, bias_sums) = scratch.split_at_mut(dim);
     let n = dim as f64;
-    let (gain_head, _) = layer.gain.map_or((&[][..], &[][..]), T::split::<S>);
+    let (gain_head, gain_tail) = layer.gain.map_or((&[][..], &[][..]), T::split::<S>);
     let fast_row = |row: usize| -> Option<GradRow<'_, T, S>> {
         let (mean, inv_std) = (rows.means.get(row)?, rows.inv_stds[row]);
         backward_fast_path_is_safe::<T>(*mean, inv_std, n, layer.eps).then(|| {
@@ -76,7 +73,7 @@ fn backward_all<T: SimdFloat, S: Simd, V: BackwardBody>(simd: S, backward: Backw
             Some(current) => {
                 let sums = match pending.take() {
                     Some(sums) => sums,
-                    None => grad_sums::<T, S, V>(simd, current, gain_head),
+                    None => grad_sums::<T, S, V>(simd, current, (gain_head, gain_tail)),
                 };
                 pending = backward_row::<T, S, V>(
                     simd,
@@ -149,7 +146,8 @@ impl<'a, T: SimdFloat, S: Simd> GradRow<'a, T, S> {
     }
 }
 
-/// The reductions of a row's backward pass: over its full vectors, `Σ g` and `Σ g·(x − hi)`.
+/// The reductions of a row's backward pass: `Σ g` and `Σ g·(x − hi)`, in the fixed summation
+/// order of `sum_and_dot!`.
 #[derive(Clone, Copy)]
 struct RowSums {
     sum_g: f64,
@@ -161,7 +159,7 @@ struct RowSums {
 fn grad_sums<T: SimdFloat, S: Simd, V: BackwardBody>(
     simd: S,
     row: GradRow<'_, T, S>,
-    gain: &[T::Vector<S>],
+    (gain, gain_tail): (&[T::Vector<S>], &[T]),
 ) -> RowSums {
     let hi = T::splat(simd, row.stats.hi);
     let (sum_g, sum_g_deviation) = sum_and_dot!(T, simd, row.x.len(), |k| {
@@ -171,11 +169,32 @@ fn grad_sums<T: SimdFloat, S: Simd, V: BackwardBody>(
             row.dy[k]
         };
         (g, g, T::sub_vectors(simd, row.x[k], hi))
-    });
+    }, tail: row.x_tail.len() => tail_terms::<T, S, V>(simd, &row, gain_tail, hi));
     RowSums {
         sum_g,
         sum_g_deviation,
     }
+}
+
+/// Pass A's terms for a row's last, partial vector: `(g, g, x − hi)`, as for full vectors.
+#[inline(always)]
+fn tail_terms<T: SimdFloat, S: Simd, V: BackwardBody>(
+    simd: S,
+    row: &GradRow<'_, T, S>,
+    gain_tail: &[T],
+    hi: T::Vector<S>,
+) -> (T::Vector<S>, T::Vector<S>, T::Vector<S>) {
+    let dy = T::load_partial(simd, row.dy_tail);
+    let g = if V::HAS_GAIN {
+        T::mul_vectors(simd, T::load_partial(simd, gain_tail), dy)
+    } else {
+        dy
+    };
+    (
+        g,
+        g,
+        T::sub_vectors(simd, T::load_partial(simd, row.x_tail), hi),
+    )
 }
 
 /// Per-row constants of pass B: `dx = r · (g − mean(g)) − r·mean(g⊙x̂) · x̂`.
@@ -187,31 +206,19 @@ struct InputGrad<V> {
 }
 
 impl<V: Copy> InputGrad<V> {
-    /// From the row's reductions; the tail's terms are added here in f64.
+    /// From the row's reductions.
     #[inline(always)]
     fn new<T: SimdFloat<Vector<S> = V>, S: Simd>(
         simd: S,
         row: GradRow<'_, T, S>,
         sums: RowSums,
-        gain_tail: &[T],
     ) -> Self {
         let stats = row.stats;
         let n = (size_of_val(row.x) / size_of::<T>() + row.x_tail.len()) as f64;
-        let (mut tail_g, mut tail_g_x_hat) = (0.0, 0.0);
-        for (i, (x, dy)) in row.x_tail.iter().zip(row.dy_tail).enumerate() {
-            let g = gain_tail.get(i).map_or(1.0, |gain| gain.to_stat()) * dy.to_stat();
-            tail_g += g;
-            tail_g_x_hat += g * (x.to_stat() - stats.mean) * stats.inv_std;
-        }
-        // Σ g·x̂ = r · (Σ g·(x − hi) − lo · Σ g) over the full vectors.
-        let vector_g_x_hat =
-            stats.inv_std * (sums.sum_g_deviation - stats.lo.to_stat() * sums.sum_g);
-        let mean_g = if row.centered {
-            (sums.sum_g + tail_g) / n
-        } else {
-            0.0
-        };
-        let mean_g_x_hat = (vector_g_x_hat + tail_g_x_hat) / n;
+        // Σ g·x̂ = r · (Σ g·(x − hi) − lo · Σ g).
+        let g_x_hat = stats.inv_std * (sums.sum_g_deviation - stats.lo.to_stat() * sums.sum_g);
+        let mean_g = if row.centered { sums.sum_g / n } else { 0.0 };
+        let mean_g_x_hat = g_x_hat / n;
         InputGrad {
             normalizer: Normalizer::new::<T, S>(simd, &stats),
             mean_g: T::splat(simd, T::from_stat(mean_g)),
@@ -295,7 +302,7 @@ fn backward_row<T: SimdFloat, S: Simd, V: BackwardBody>(
     } else {
         gain_head
     };
-    let input_grad = InputGrad::new::<T, S>(simd, row, sums, gain_tail);
+    let input_grad = InputGrad::new::<T, S>(simd, row, sums);
     let (dx_head, dx_tail) = T::split_mut::<S>(dx);
     let (gain_sums_head, gain_sums_tail) = T::split_mut::<S>(gain_sums);
     let (bias_sums_head, bias_sums_tail) = T::split_mut::<S>(bias_sums);
@@ -331,7 +338,7 @@ fn backward_row<T: SimdFloat, S: Simd, V: BackwardBody>(
                     next_dy[k]
                 };
                 (g, g, T::sub_vectors(simd, next_x[k], next_hi))
-            });
+            }, tail: next.x_tail.len() => tail_terms::<T, S, V>(simd, &next, gain_tail, next_hi));
             Some(RowSums {
                 sum_g,
                 sum_g_deviation,

@@ -5,10 +5,9 @@
 //! generics), so that no loop tests for any of them.
 
 use super::{
-    finish_stats, first_shift, row_stats_from, scalar, shifted_tail_sums, Normalizer, RowStats,
-    SimdFloat, StatsStep,
+    finish_stats, first_shift, row_stats_from, Normalizer, RowStats, SimdFloat, StatsStep,
 };
-use crate::kernels::{ForwardRows, Layer, RowStatsOut};
+use crate::kernels::{scalar, ForwardRows, Layer, RowStatsOut};
 use pulp::{Simd, WithSimd};
 
 /// Rows of at most this many bytes are "short": their statistics are computed in blocks.
@@ -22,9 +21,6 @@ impl<T: SimdFloat> WithSimd for ForwardRows<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        if S::IS_SCALAR {
-            return scalar::forward_rows(self);
-        }
         with_flags!(
             [
                 self.x.is_none(),
@@ -108,7 +104,7 @@ fn forward_all<T: SimdFloat, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<
             None => later.get(..dim),
         };
         let shift = next
-            .map(|next| first_shift::<T, S>(simd, next, centered))
+            .map(|next| first_shift(next, centered))
             .filter(|shift| shift.is_finite());
         // Without statistics for this row, or a next row to overlap with, the row alone.
         let (Some(row_stats_now), Some(next), Some(shift)) = (current_stats, next, shift) else {
@@ -148,7 +144,7 @@ fn stats_of_row<T: SimdFloat, S: Simd>(
     values: &[T],
     layer: Layer<'_, T>,
 ) -> Option<RowStats<T>> {
-    let shift = first_shift::<T, S>(simd, values, layer.centered);
+    let shift = first_shift(values, layer.centered);
     row_stats_from::<T, S>(simd, values, shift, layer.eps, layer.centered)
 }
 
@@ -222,15 +218,17 @@ fn normalize_row_and_sum_next<T: SimdFloat, S: Simd, V: ForwardBody>(
     let (next_head, next_tail) = T::split::<S>(next);
     let next_head = &next_head[..len];
     let shift = T::splat(simd, next_shift);
-    let (sum, sum_of_squares) = sum_and_dot!(T, simd, len, |k| {
+    let sums = sum_and_dot!(T, simd, len, |k| {
         let y = head.y::<V>(simd, &normalizer, k);
         head.out[k] = y;
         let deviation = T::sub_vectors(simd, next_head[k], shift);
         (deviation, deviation, deviation)
+    }, tail: next_tail.len() => {
+        let deviation = T::sub_vectors(simd, T::load_partial(simd, next_tail), shift);
+        (deviation, deviation, deviation)
     });
     head.finish_tail(simd, &normalizer);
-    let (tail_sum, tail_squares) = shifted_tail_sums(next_tail, next_shift);
-    (sum + tail_sum, sum_of_squares + tail_squares)
+    sums
 }
 
 /// A row cut into full vectors (all of one length `len`, so that indexing them in the loops

@@ -1,12 +1,14 @@
 //! Runtime-dispatched SIMD kernels for `f32` and `f64` rows, through pulp: AVX-512 or AVX2 on
-//! x86-64, NEON on aarch64, chosen when the kernel is called. Without SIMD the scalar
-//! specification runs instead.
+//! x86-64, NEON on aarch64, chosen when the kernel is called (see [`arch`]); without SIMD the
+//! same kernels run one lane at a time. Every instruction set gives the same bits: sums follow
+//! one logical layout (`sum_and_dot!`), fused multiply-adds are used in the same places, and
+//! the rest is elementwise.
 //!
 //! They mirror `scalar.rs` in the data's own precision, kept exact by shifting before summing
 //! and by folding short partial sums into f64:
 //!
 //! ```text
-//! pass 1  m₀ = Σ xᵢ / n                    a first estimate of the mean, rounded to the data type
+//! pass 1  m₀ = mean of the first 8 values   a first estimate of the mean, rounded to the data type
 //! pass 2  S₁ = Σ (xᵢ − m₀), S₂ = Σ (xᵢ − m₀)²    then μ = m₀ + S₁/n, σ² = S₂/n − (S₁/n)²
 //! pass 3  yᵢ = gainᵢ · ((xᵢ − hi) − lo) · r + biasᵢ      μ = hi + lo, r = 1/√(σ² + ε)
 //! ```
@@ -19,7 +21,7 @@
 //! specification, which works in f64 for f32 data; rows with NaN or ±Inf take that path too.
 //! Parameter gradients are summed over a few rows in the data type and folded into f64.
 
-use super::{scalar, BackwardJob, ForwardRows};
+use super::{BackwardJob, ForwardRows};
 use crate::element::Element;
 use bytemuck::Pod;
 use pulp::Simd;
@@ -34,6 +36,10 @@ pub(crate) trait SimdFloat:
     const TINY_SUM_OF_SQUARES: f64;
     /// An ε at least this large dwarfs any error a tiny sum of squares could carry.
     const EPS_DWARFING_TINY: f64;
+    /// The lanes of the fixed summation layout (see `sum_and_dot!`): a multiple of every
+    /// instruction set's vector width, 128 bytes of data (32 f32, 16 f64): two AVX-512
+    /// registers, four AVX2 ones, eight NEON ones, or as many scalars.
+    const LOGICAL_LANES: usize;
 
     fn splat<S: Simd>(simd: S, value: Self) -> Self::Vector<S>;
     fn add_vectors<S: Simd>(simd: S, a: Self::Vector<S>, b: Self::Vector<S>) -> Self::Vector<S>;
@@ -52,18 +58,17 @@ pub(crate) trait SimdFloat:
     fn load_partial<S: Simd>(simd: S, values: &[Self]) -> Self::Vector<S>;
     /// Stores the first `values.len()` lanes.
     fn store_partial<S: Simd>(simd: S, values: &mut [Self], vector: Self::Vector<S>);
-    /// The sum of the lanes (a short tree of additions in the data type).
-    fn reduce_sum<S: Simd>(simd: S, vector: Self::Vector<S>) -> Self;
 }
 
 macro_rules! impl_simd_float {
-    ($float:ty, $vector:ident, $tiny_ssq:expr, $eps_dwarfing:expr,
+    ($float:ty, $vector:ident, $tiny_ssq:expr, $eps_dwarfing:expr, $logical_lanes:expr,
      $splat:ident, $add:ident, $sub:ident, $mul:ident, $mul_add:ident,
-     $split:ident, $split_mut:ident, $load:ident, $store:ident, $reduce_sum:ident) => {
+     $split:ident, $split_mut:ident, $load:ident, $store:ident) => {
         impl SimdFloat for $float {
             type Vector<S: Simd> = S::$vector;
             const TINY_SUM_OF_SQUARES: f64 = $tiny_ssq;
             const EPS_DWARFING_TINY: f64 = $eps_dwarfing;
+            const LOGICAL_LANES: usize = $logical_lanes;
 
             #[inline(always)]
             fn splat<S: Simd>(simd: S, value: Self) -> S::$vector {
@@ -106,10 +111,6 @@ macro_rules! impl_simd_float {
             fn store_partial<S: Simd>(simd: S, values: &mut [Self], vector: S::$vector) {
                 simd.$store(values, vector)
             }
-            #[inline(always)]
-            fn reduce_sum<S: Simd>(simd: S, vector: S::$vector) -> Self {
-                simd.$reduce_sum(vector)
-            }
         }
     };
 }
@@ -121,6 +122,7 @@ impl_simd_float!(
     f32s,
     7.888609052210118e-31,
     8.673617379884035e-19,
+    32,
     splat_f32s,
     add_f32s,
     sub_f32s,
@@ -129,14 +131,14 @@ impl_simd_float!(
     as_simd_f32s,
     as_mut_simd_f32s,
     partial_load_f32s,
-    partial_store_f32s,
-    reduce_sum_f32s
+    partial_store_f32s
 );
 impl_simd_float!(
     f64,
     f64s,
     1.0e-280,
     1.0e-250,
+    16,
     splat_f64s,
     add_f64s,
     sub_f64s,
@@ -145,78 +147,155 @@ impl_simd_float!(
     as_simd_f64s,
     as_mut_simd_f64s,
     partial_load_f64s,
-    partial_store_f64s,
-    reduce_sum_f64s
+    partial_store_f64s
 );
-
-/// Independent accumulators per sum: enough to hide the latency of the add chains.
-const ACCUMULATORS: usize = 4;
-
-/// Vectors summed in the data type (a few terms per lane and accumulator) before the partial
-/// sum is folded into f64.
-const FOLD_VECTORS: usize = 32;
-
-/// Values averaged for the first estimate of the mean of a row shorter than a few vectors.
-const SAMPLE: usize = 32;
 
 /// Rows whose parameter gradients are summed in the data type before folding into f64.
 pub(crate) const FOLD_ROWS: usize = 8;
 
-/// The sum of the accumulators' lanes, widened to f64. The additions across lanes round in the
-/// data type, which costs at most a few ulps of a block's partial sum: negligible for sums of
-/// squares (all terms positive), and for signed sums small against the row's spread.
+/// Logical blocks (of [`SimdFloat::LOGICAL_LANES`] elements) summed in the data type before the
+/// partial sums are folded into f64: a few terms per lane.
+const FOLD_BLOCKS: usize = 8;
+
+/// Values averaged for the first estimate of a row's mean.
+const SAMPLE: usize = 8;
+
+/// Vectors per logical block on instruction set `S`: the number of accumulators per sum.
 #[inline(always)]
-fn fold<T: SimdFloat, S: Simd>(simd: S, parts: [T::Vector<S>; ACCUMULATORS]) -> f64 {
-    T::reduce_sum(simd, combine::<T, S>(simd, parts)).to_stat()
+fn accumulators<T: SimdFloat, S: Simd>(_simd: S) -> usize {
+    T::LOGICAL_LANES / (size_of::<T::Vector<S>>() / size_of::<T>())
 }
 
-/// One vector holding the sum of the accumulators.
+/// The lanes of a vector, as values.
 #[inline(always)]
-fn combine<T: SimdFloat, S: Simd>(simd: S, parts: [T::Vector<S>; ACCUMULATORS]) -> T::Vector<S> {
-    let [a, b, c, d] = parts;
-    T::add_vectors(simd, T::add_vectors(simd, a, b), T::add_vectors(simd, c, d))
+fn lanes_mut<T: SimdFloat, S: Simd>(vector: &mut T::Vector<S>) -> &mut [T] {
+    bytemuck::cast_slice_mut(std::slice::from_mut(vector))
+}
+
+/// `vector` with its lanes from `valid` on set to zero.
+#[inline(always)]
+fn keep_first<T: SimdFloat, S: Simd>(mut vector: T::Vector<S>, valid: usize) -> T::Vector<S> {
+    lanes_mut::<T, S>(&mut vector)[valid..].fill(T::zero());
+    vector
+}
+
+/// The sum of the accumulators `parts[..count]`, widened to f64, by one fixed tree over the
+/// logical lanes whatever the instruction set: lane `j` is added to lane `j + L/2`, then to
+/// `j + L/4`, and so on (across accumulators while there are several, then within the last
+/// vector). Every instruction set performs the same additions on the same values. Resets the
+/// accumulators to zero.
+#[inline(always)]
+fn fold<T: SimdFloat, S: Simd>(simd: S, parts: &mut [T::Vector<S>], count: usize) -> f64 {
+    let mut width = count;
+    while width > 1 {
+        width /= 2;
+        for a in 0..width {
+            parts[a] = T::add_vectors(simd, parts[a], parts[a + width]);
+        }
+    }
+    let mut last = parts[0];
+    let lanes = lanes_mut::<T, S>(&mut last);
+    let mut width = lanes.len();
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            lanes[l] = lanes[l] + lanes[l + width];
+        }
+    }
+    let total = lanes[0].to_stat();
+    let zero = T::splat(simd, T::zero());
+    parts[..count].fill(zero);
+    total
 }
 
 // Hot loops take their per-vector work as macro bodies, not closures: a closure is compiled as
 // a function of its own, without the instruction set's target features, and its intrinsics
 // then become calls. Everything else here is `#[inline(always)]` into the dispatched body.
 
-/// `(Σₖ sumₖ, Σₖ factorₖ · otherₖ)` over `|k| (sumₖ, factorₖ, otherₖ)` for vector indices
-/// `k < count`, several accumulators wide, folded into f64 every [`FOLD_VECTORS`] vectors.
-macro_rules! sum_and_dot {
-    ($float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr) => {{
+/// `(Σ sum, Σ factor · other)` over a row's `count` full vectors, whose terms are
+/// `|k| (sumₖ, factorₖ, otherₖ)`, and its last, partial vector of `tail` values, whose terms
+/// are `tail_terms` (lanes past the row's end are zeroed).
+///
+/// The summation order is fixed by the data, not the register width: element `i` of the row
+/// is added to logical lane `i mod L` ([`SimdFloat::LOGICAL_LANES`]), in order, in the data
+/// type; every [`FOLD_BLOCKS`] blocks of `L` elements the lanes are combined by [`fold`]'s tree
+/// and added to an f64 total. A vector of `w` lanes holds `w` consecutive logical lanes, so
+/// AVX-512, AVX2, NEON and the scalar path (one lane) perform the same additions.
+/// [`sum_and_dot!`] with `$n` accumulators (a literal, so that they are a fixed-size array
+/// the compiler keeps in registers).
+macro_rules! sum_and_dot_with {
+    ($n:literal, $float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr,
+     tail: $tail:expr => $tail_terms:expr) => {{
+        use $crate::kernels::simd::{fold, keep_first, FOLD_BLOCKS};
         let simd = $simd;
         let count: usize = $count;
+        let tail: usize = $tail;
+        let accumulators: usize = $n;
+        let period = FOLD_BLOCKS * accumulators;
         let zero = <$float>::splat(simd, <$float>::zero());
+        let mut sums = [zero; $n];
+        let mut dots = [zero; $n];
         let (mut total_sum, mut total_dot) = (0.0, 0.0);
         let mut start = 0;
-        while start < count {
-            let end = (start + $crate::kernels::simd::FOLD_VECTORS).min(count);
-            let full = start
-                + (end - start) / $crate::kernels::simd::ACCUMULATORS
-                    * $crate::kernels::simd::ACCUMULATORS;
-            let mut sums = [zero; $crate::kernels::simd::ACCUMULATORS];
-            let mut dots = [zero; $crate::kernels::simd::ACCUMULATORS];
+        loop {
+            let end = (start + period).min(count);
+            let blocks_end = start + (end - start) / accumulators * accumulators;
             let mut group = start;
-            while group < full {
-                for a in 0..$crate::kernels::simd::ACCUMULATORS {
+            while group < blocks_end {
+                for a in 0..accumulators {
                     let $k = group + a;
                     let (sum, factor, other) = $terms;
                     sums[a] = <$float>::add_vectors(simd, sums[a], sum);
                     dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
                 }
-                group += $crate::kernels::simd::ACCUMULATORS;
+                group += accumulators;
             }
-            for $k in full..end {
-                let (sum, factor, other) = $terms;
-                sums[0] = <$float>::add_vectors(simd, sums[0], sum);
-                dots[0] = <$float>::mul_add_vectors(simd, factor, other, dots[0]);
+            // The last vectors of a period, and the partial vector (vector `count`, in this
+            // period unless the period is full). Accumulators are indexed by constants only,
+            // so that they stay in registers.
+            let with_tail = end == count && end - start < period && tail > 0;
+            if blocks_end < end || with_tail {
+                for a in 0..accumulators {
+                    let $k = blocks_end + a;
+                    if $k < end {
+                        let (sum, factor, other) = $terms;
+                        sums[a] = <$float>::add_vectors(simd, sums[a], sum);
+                        dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
+                    } else if $k == end && with_tail {
+                        let (sum, factor, other) = $tail_terms;
+                        let sum = keep_first::<$float, _>(sum, tail);
+                        let factor = keep_first::<$float, _>(factor, tail);
+                        sums[a] = <$float>::add_vectors(simd, sums[a], sum);
+                        dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
+                    }
+                }
             }
-            total_sum += $crate::kernels::simd::fold::<$float, _>(simd, sums);
-            total_dot += $crate::kernels::simd::fold::<$float, _>(simd, dots);
+            if end > start || with_tail {
+                total_sum += fold::<$float, _>(simd, &mut sums, accumulators);
+                total_dot += fold::<$float, _>(simd, &mut dots, accumulators);
+            }
+            if end == count && (with_tail || tail == 0) {
+                break;
+            }
             start = end;
         }
         (total_sum, total_dot)
+    }};
+}
+
+macro_rules! sum_and_dot {
+    ($float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr,
+     tail: $tail:expr => $tail_terms:expr) => {{
+        let simd = $simd;
+        // A constant for each instruction set: only one arm is compiled in each body.
+        match $crate::kernels::simd::accumulators::<$float, _>(simd) {
+            4 => sum_and_dot_with!(4, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
+            8 => sum_and_dot_with!(8, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
+            16 => sum_and_dot_with!(16, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
+            32 => sum_and_dot_with!(32, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
+            2 => sum_and_dot_with!(2, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
+            other => unreachable!("{other} accumulators: vectors of 1 to 16 lanes are supported"),
+        }
     }};
 }
 
@@ -270,37 +349,26 @@ impl<V: Copy> Normalizer<V> {
     }
 }
 
-/// The first estimate of a row's mean: the mean of its first few vectors (of its first values
-/// when it is short). It is within a fraction of σ of the mean for most rows; a worse one is
-/// replaced by the refined mean (see [`finish_stats`]).
-/// Uncentered rows (RmsNorm) are summed around 0.
+/// The first estimate of a row's mean: the mean of its first [`SAMPLE`] values (all of a
+/// shorter row), added by a fixed tree, the same on every instruction set. It is within a
+/// fraction of σ of the mean for most rows; a worse one is replaced by the refined mean (see
+/// [`finish_stats`]). Uncentered rows (RmsNorm) are summed around 0.
 #[inline(always)]
-fn first_shift<T: SimdFloat, S: Simd>(simd: S, row: &[T], centered: bool) -> T {
+fn first_shift<T: SimdFloat>(row: &[T], centered: bool) -> T {
     if !centered {
         return T::zero();
     }
-    let (head, _) = T::split::<S>(row);
-    match head.first_chunk::<ACCUMULATORS>() {
-        Some(&first) => {
-            let lanes = size_of::<T::Vector<S>>() / size_of::<T>();
-            let sum = T::reduce_sum(simd, combine::<T, S>(simd, first)).to_stat();
-            T::from_stat(sum / (ACCUMULATORS * lanes) as f64)
+    match row.first_chunk::<SAMPLE>() {
+        Some(x) => {
+            let pairs = [x[0] + x[1], x[2] + x[3], x[4] + x[5], x[6] + x[7]];
+            let sum = (pairs[0] + pairs[1]) + (pairs[2] + pairs[3]);
+            T::from_stat(sum.to_stat() / SAMPLE as f64)
         }
         None => {
-            let sample = &row[..row.len().min(SAMPLE)];
-            let sum: f64 = sample.iter().map(|x| x.to_stat()).sum();
-            T::from_stat(sum / sample.len() as f64)
+            let sum: f64 = row.iter().map(|x| x.to_stat()).sum();
+            T::from_stat(sum / row.len() as f64)
         }
     }
-}
-
-/// `(Σ (xᵢ − shift), Σ (xᵢ − shift)²)` over a row's last, partial vector, in f64.
-#[inline(always)]
-fn shifted_tail_sums<T: SimdFloat>(tail: &[T], shift: T) -> (f64, f64) {
-    tail.iter().fold((0.0, 0.0), |(sum, squares), x| {
-        let deviation = x.to_stat() - shift.to_stat();
-        (sum + deviation, squares + deviation * deviation)
-    })
 }
 
 /// What the sums of a row's deviations from a shift give.
@@ -366,16 +434,11 @@ fn row_stats_from<T: SimdFloat, S: Simd>(
         let (sum, sum_of_squares) = sum_and_dot!(T, simd, head.len(), |k| {
             let deviation = T::sub_vectors(simd, head[k], shift_vector);
             (deviation, deviation, deviation)
+        }, tail: tail.len() => {
+            let deviation = T::sub_vectors(simd, T::load_partial(simd, tail), shift_vector);
+            (deviation, deviation, deviation)
         });
-        let (tail_sum, tail_squares) = shifted_tail_sums(tail, shift);
-        match finish_stats(
-            shift,
-            sum + tail_sum,
-            sum_of_squares + tail_squares,
-            n,
-            eps,
-            centered,
-        ) {
+        match finish_stats(shift, sum, sum_of_squares, n, eps, centered) {
             StatsStep::Done(stats) => return Some(stats),
             StatsStep::Refine(better) => shift = better,
             StatsStep::Fallback => return None,
@@ -432,9 +495,22 @@ mod forward;
 
 pub(crate) use backward::Backward;
 
-/// The instruction set the kernels run on: the widest this CPU has.
+/// The instruction set the kernels run on: the widest this CPU has, or at most the one named
+/// by the environment variable `LAYERNORM_MAX_ISA` (`scalar`, `avx2`, `avx512`, `neon`; read
+/// once; an unknown value means no cap). Results are the same bits on every one of them.
 pub(crate) fn arch() -> pulp::Arch {
-    pulp::Arch::new()
+    static ARCH: std::sync::OnceLock<pulp::Arch> = std::sync::OnceLock::new();
+    *ARCH.get_or_init(|| capped_arch(std::env::var("LAYERNORM_MAX_ISA").ok().as_deref()))
+}
+
+/// The widest instruction set this CPU has, at most `cap`.
+pub(crate) fn capped_arch(cap: Option<&str>) -> pulp::Arch {
+    match cap.map(str::trim).map(str::to_ascii_lowercase).as_deref() {
+        Some("scalar") => pulp::Arch::Scalar,
+        #[cfg(target_arch = "x86_64")]
+        Some("avx2") => pulp::x86::V3::try_new().map_or(pulp::Arch::Scalar, pulp::Arch::V3),
+        _ => pulp::Arch::new(),
+    }
 }
 
 /// Forward pass over whole rows on [`arch`]; see `scalar::forward_rows`.
