@@ -26,6 +26,17 @@ mod private {
 /// | `f32` | `f64` | keeps the mean exact on rows whose mean is large against their spread, and squares cannot overflow |
 /// | `f64` | `f64` | |
 /// | `half::f16`, `half::bf16` (feature `half`) | `f32` | rows are widened to f32 and run through the f32 kernels; outputs are rounded to half once |
+///
+/// Code generic over the element type names it as the bound:
+///
+/// ```
+/// use layernorm::{Element, LayerNorm};
+/// fn normalized<A: Element>(x: &ndarray::Array2<A>) -> Result<ndarray::Array2<A>, layernorm::NormError> {
+///     LayerNorm::<A>::new(x.ncols())?.forward(x)
+/// }
+/// let y = normalized(&ndarray::array![[1.0f64, 3.0]]).unwrap();
+/// assert!((y[[0, 1]] - 1.0).abs() < 1e-4);
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an element type of layernorm",
     label = "layernorm normalizes f32 and f64 data, and half::f16 and half::bf16 with a feature",
@@ -182,6 +193,21 @@ half_element!(half::bf16);
 /// A layer with f32 parameters over half data computes exactly what a half layer with the same
 /// parameter values computes (the kernels widen half parameters to f32 anyway), and its
 /// parameter gradients are accumulated in f32, where many small steps are not lost.
+///
+/// ```
+/// # #[cfg(feature = "half")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use layernorm::{LayerNorm, Parameter};
+/// fn parameter_bytes<A: layernorm::Element, P: Parameter<A>>(layer: &LayerNorm<A, P>) -> usize {
+///     2 * layer.dim() * size_of::<P>()
+/// }
+/// let mixed = LayerNorm::<f32>::new(768)?.for_activations::<half::f16>();
+/// assert_eq!(parameter_bytes(&mixed), 2 * 768 * 4);          // f32 parameters
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "half"))]
+/// # fn main() {}
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot hold the parameters of a layer over `{A}` data",
     note = "parameters are kept in the data's own type, or in f32 for f16 and bf16 data"
