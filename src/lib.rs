@@ -151,7 +151,8 @@
 //! Jimmy Lei Ba, Jamie Ryan Kiros, Geoffrey E. Hinton. *Layer Normalization.* arXiv:1607.06450,
 //! 2016.
 
-#![forbid(unsafe_code)]
+// `unsafe` is allowed in one module only, the streaming stores (`kernels/stream.rs`).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -6,7 +6,7 @@
 use crate::element::{Element, Parameter};
 use crate::error::NormError;
 use crate::kernels::{
-    BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
+    BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut, Stores,
 };
 use crate::rows::{self, ResidualRows};
 use crate::stats::{LayerNormGrads, NormStats};
@@ -256,6 +256,8 @@ impl<A: Element, P: Parameter<A>> NormCore<A, P> {
             bias: bias.as_deref(),
             centered: self.centering == Centering::Mean,
             eps: A::Stat::from_f64(self.eps).expect("a finite eps converts to the statistics type"),
+            // The driver (`rows.rs`) chooses from the size of the whole output.
+            stores: Stores::Cached,
         })
     }
 

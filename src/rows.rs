@@ -11,7 +11,7 @@
 //! perform the same additions in the same order and agree bit for bit.
 
 use crate::element::Element;
-use crate::kernels::{add_into, BackwardJob, BackwardOut, CutAt, ForwardRows, GradSums};
+use crate::kernels::{add_into, BackwardJob, BackwardOut, CutAt, ForwardRows, GradSums, Stores};
 
 /// Rows per block of the parameter-gradient reduction. Part of the numerical result: changing
 /// it changes the rounding of `dgain` and `dbias` (never which threads see which block).
@@ -106,8 +106,19 @@ impl<A: Element> RowJob for ForwardRows<'_, A> {
 }
 
 /// Normalizes every row of the job.
-pub(crate) fn forward<A: Element>(job: ForwardRows<'_, A>) {
+pub(crate) fn forward<A: Element>(mut job: ForwardRows<'_, A>) {
+    job.layer.stores = output_stores(&job);
     run(job);
+}
+
+/// How a forward job stores `out`: from the size of the whole output, before it is cut into
+/// tasks. In place, the rows are in cache already (just read for their statistics): ordinary
+/// stores.
+fn output_stores<A: Element>(job: &ForwardRows<'_, A>) -> Stores {
+    match job.x {
+        Some(_) => Stores::for_forward(size_of_val(job.out)),
+        None => Stores::Cached,
+    }
 }
 
 /// Elements per chunk of the fused residual forward: a chunk's sums are written and then
@@ -179,7 +190,8 @@ impl<A: Element> RowJob for ResidualRows<'_, A> {
 }
 
 /// `sum = x + residual` and `out = norm(sum)`, with statistics.
-pub(crate) fn forward_residual<A: Element>(job: ResidualRows<'_, A>) {
+pub(crate) fn forward_residual<A: Element>(mut job: ResidualRows<'_, A>) {
+    job.norm.layer.stores = output_stores(&job.norm);
     run(job);
 }
 
@@ -263,7 +275,11 @@ impl<S: Copy + std::ops::Add<Output = S>> SumBuffers<S> {
 /// Backward over all rows: writes `dx` (plus `dsum` when given) and adds the parameter
 /// gradients into the job's sums (the caller's totals, one row of `dim` each), block by block
 /// in block order.
-pub(crate) fn backward<A: Element>(job: BackwardJob<'_, A>) {
+pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
+    // With `dsum`, each row of dx is read back to add it: ordinary stores.
+    if job.out.dsum.is_none() {
+        job.rows.layer.stores = Stores::for_backward();
+    }
     if !job.out.sums.is_wanted() {
         return run(BlockedBackward(job));
     }

@@ -55,3 +55,29 @@ fn f32_results_are_bitwise_identical_on_any_thread_count() {
 fn f64_results_are_bitwise_identical_on_any_thread_count() {
     check_thread_independence(|v| v);
 }
+
+/// A forward output of half a typical last-level cache or more (16 MiB of f32 here) is written
+/// with streaming stores where the CPU has them (`kernels/stream.rs`); in small
+/// batches, it is written with ordinary stores. The results are the same bits, serial and on
+/// 2 or 3 threads.
+#[test]
+fn a_large_forward_gives_the_same_bits_as_small_batches() {
+    let (rows, dim) = (4096, 1024);
+    let mut rng = common::rng(17);
+    let x = common::normal_matrix(&mut rng, rows, dim, 10.0, 2.0).mapv(|v| v as f32);
+    let gain = common::uniform_vector(&mut rng, dim, 0.5, 1.5).mapv(|v| v as f32);
+    let bias = common::uniform_vector(&mut rng, dim, -1.0, 1.0).mapv(|v| v as f32);
+    let ln = LayerNorm::from_params(gain, bias, 1e-5).expect("valid");
+    let mut small_batches = Array2::<f32>::zeros((rows, dim));
+    for (x_rows, out_rows) in x
+        .axis_chunks_iter(ndarray::Axis(0), 16)
+        .zip(small_batches.axis_chunks_iter_mut(ndarray::Axis(0), 16))
+    {
+        let mut out_rows = out_rows;
+        ln.forward_into(&x_rows, &mut out_rows).expect("valid");
+    }
+    for threads in [1, 2, 3] {
+        let whole = run_in_pool(threads, || ln.forward(&x).expect("valid"));
+        assert!(whole == small_batches, "{threads} threads");
+    }
+}

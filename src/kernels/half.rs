@@ -5,7 +5,7 @@
 
 use super::{
     add_into, simd, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer,
-    RowStatsOut,
+    RowStatsOut, Stores,
 };
 use crate::element::Element;
 use half::slice::HalfFloatSliceExt;
@@ -44,6 +44,8 @@ fn wide<H: HalfElement>(layer: Layer<'_, H>) -> Layer<'_, f32> {
         bias: layer.bias,
         centered: layer.centered,
         eps: f64::from(layer.eps),
+        // The f32 rows are a chunk buffer, read back at once.
+        stores: Stores::Cached,
     }
 }
 

@@ -13,14 +13,17 @@
 pub(crate) mod half;
 pub(crate) mod scalar;
 pub(crate) mod simd;
+pub(crate) mod stream;
 
 use crate::element::Element;
 use num_traits::Zero;
+pub(crate) use stream::Stores;
 
 /// What a layer does to each row: the row length, the per-feature gain and bias (slices of
-/// length `dim`, where present, in the kernels' type `A::Compute`), whether the row is centered first (LayerNorm) or only scaled by
-/// its root mean square (RmsNorm, where the "mean" of the statistics is 0 and `σ² = mean(x²)`),
-/// and ε in the statistics type.
+/// length `dim`, where present, in the kernels' type `A::Compute`), whether the row is
+/// centered first (LayerNorm) or only scaled by its root mean square (RmsNorm, where the
+/// "mean" of the statistics is 0 and `σ² = mean(x²)`), and ε in the statistics type; and how
+/// the kernels store this call's outputs (the driver chooses, see [`Stores::for_forward`]).
 #[derive(Debug)]
 pub struct Layer<'a, A: Element> {
     pub(crate) dim: usize,
@@ -28,6 +31,7 @@ pub struct Layer<'a, A: Element> {
     pub(crate) bias: Option<&'a [A::Compute]>,
     pub(crate) centered: bool,
     pub(crate) eps: A::Stat,
+    pub(crate) stores: Stores,
 }
 
 impl<A: Element> Clone for Layer<'_, A> {

@@ -11,6 +11,7 @@
 use super::simd::{Backward, SimdFloat};
 use super::{
     scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
+    Stores,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -101,6 +102,7 @@ fn check_type<T: SimdFloat>(ulps_at_zero_offset: f64, offsets: &[f64]) {
                             bias,
                             centered,
                             eps: 1e-5,
+                            stores: Stores::Cached,
                         };
                         let context = format!(
                             "{name} dim {dim} start {start} offset {mean_offset} gain {} bias {} centered {centered}",
@@ -360,6 +362,7 @@ fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
             bias: None,
             centered: true,
             eps: 0.0,
+            stores: Stores::Cached,
         };
         let mut spec = vec![0.0f32; x.len()];
         forward(None, layer, Some(&x), &mut spec, None);
@@ -470,13 +473,17 @@ fn check_same_bits<T: SimdFloat>(offsets: &[f64]) {
                         bias,
                         centered,
                         eps: 1e-5,
+                        stores: Stores::Cached,
                     };
                     let reference = all_results(pulp::Arch::Scalar, x, dy, layer);
                     for &(name, arch) in &sets {
-                        assert!(
-                            all_results(arch, x, dy, layer) == reference,
-                            "{name} differs from scalar: dim {dim} start {start} offset {mean_offset} centered {centered}"
-                        );
+                        for stores in [Stores::Cached, Stores::streaming()] {
+                            let layer = Layer { stores, ..layer };
+                            assert!(
+                                all_results(arch, x, dy, layer) == reference,
+                                "{name} {stores:?} differs from scalar: dim {dim} start {start} offset {mean_offset} centered {centered}"
+                            );
+                        }
                     }
                 }
             }
@@ -505,13 +512,17 @@ fn fallback_rows_are_the_same_bits_on_every_instruction_set() {
             bias: None,
             centered: true,
             eps: 0.0,
+            stores: Stores::Cached,
         };
         let reference = all_results(pulp::Arch::Scalar, &x, &dy, layer);
         for (name, arch) in instruction_sets() {
-            assert!(
-                all_results(arch, &x, &dy, layer) == reference,
-                "{name} differs from scalar on mixed rows of {dim}"
-            );
+            for stores in [Stores::Cached, Stores::streaming()] {
+                let layer = Layer { stores, ..layer };
+                assert!(
+                    all_results(arch, &x, &dy, layer) == reference,
+                    "{name} {stores:?} differs from scalar on mixed rows of {dim}"
+                );
+            }
         }
     }
 }

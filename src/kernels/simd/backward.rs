@@ -6,6 +6,7 @@
 //! const generics), so that no loop tests for any of them.
 
 use super::{Normalizer, RowStats, SimdFloat, FOLD_ROWS};
+use crate::kernels::stream::{store, Stores};
 use crate::kernels::{add_into, scalar, BackwardJob, BackwardOut, GradSums};
 use pulp::{Simd, WithSimd};
 
@@ -85,6 +86,7 @@ fn backward_all<T: SimdFloat, S: Simd, V: BackwardBody>(simd: S, backward: Backw
                         dx: &mut *dx_row,
                         gain_sums: &mut *gain_sums,
                         bias_sums: &mut *bias_sums,
+                        stores: layer.stores,
                     },
                 );
             }
@@ -244,11 +246,13 @@ struct RowOut<'a, T> {
     dx: &'a mut [T],
     gain_sums: &'a mut [T],
     bias_sums: &'a mut [T],
+    stores: Stores,
 }
 
 /// Pass B over a row's full vectors: the gain it reads, the outputs it writes.
 struct PassB<'a, V> {
     gain: &'a [V],
+    stores: Stores,
     dx: &'a mut [V],
     gain_sums: &'a mut [V],
     bias_sums: &'a mut [V],
@@ -270,7 +274,11 @@ fn grad_at<T: SimdFloat, S: Simd, V: BackwardBody>(
     } else {
         dy
     };
-    out.dx[k] = input_grad.dx::<T, S>(simd, g, x_hat);
+    store(
+        out.stores,
+        &mut out.dx[k],
+        input_grad.dx::<T, S>(simd, g, x_hat),
+    );
     if V::GAIN_GRAD {
         out.gain_sums[k] = T::mul_add_vectors(simd, dy, x_hat, out.gain_sums[k]);
     }
@@ -294,6 +302,7 @@ fn backward_row<T: SimdFloat, S: Simd, V: BackwardBody>(
         dx,
         gain_sums,
         bias_sums,
+        stores,
     } = out;
     let (gain_head, gain_tail) = gain.map_or((&[][..], &[][..]), T::split::<S>);
     let len = row.x.len();
@@ -308,6 +317,7 @@ fn backward_row<T: SimdFloat, S: Simd, V: BackwardBody>(
     let (bias_sums_head, bias_sums_tail) = T::split_mut::<S>(bias_sums);
     let mut out = PassB {
         gain: gain_head,
+        stores,
         dx: &mut dx_head[..len],
         gain_sums: if V::GAIN_GRAD {
             &mut gain_sums_head[..len]

@@ -7,6 +7,7 @@
 use super::{
     finish_stats, first_shift, row_stats_from, Normalizer, RowStats, SimdFloat, StatsStep,
 };
+use crate::kernels::stream::store;
 use crate::kernels::{scalar, ForwardRows, Layer, RowStatsOut};
 use pulp::{Simd, WithSimd};
 
@@ -181,7 +182,7 @@ fn write_row<T: SimdFloat, S: Simd, V: ForwardBody>(
             let head = RowHead::<T, S>::new::<V>(x_row, out_row, layer);
             for k in 0..head.len {
                 let y = head.y::<V>(simd, &normalizer, k);
-                head.out[k] = y;
+                store(layer.stores, &mut head.out[k], y);
             }
             head.finish_tail(simd, &normalizer);
         }
@@ -220,7 +221,7 @@ fn normalize_row_and_sum_next<T: SimdFloat, S: Simd, V: ForwardBody>(
     let shift = T::splat(simd, next_shift);
     let sums = sum_and_dot!(T, simd, len, |k| {
         let y = head.y::<V>(simd, &normalizer, k);
-        head.out[k] = y;
+        store(layer.stores, &mut head.out[k], y);
         let deviation = T::sub_vectors(simd, next_head[k], shift);
         (deviation, deviation, deviation)
     }, tail: next_tail.len() => {

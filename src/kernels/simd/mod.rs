@@ -515,11 +515,15 @@ pub(crate) fn capped_arch(cap: Option<&str>) -> pulp::Arch {
 
 /// Forward pass over whole rows on [`arch`]; see `scalar::forward_rows`.
 pub(crate) fn forward_rows<T: SimdFloat>(job: ForwardRows<'_, T>) {
+    let stores = job.layer.stores;
     arch().dispatch(job);
+    stores.finish();
 }
 
 /// Backward pass over whole rows on [`arch`]; see `scalar::backward_rows`. `scratch` holds
 /// short partial sums between calls.
 pub(crate) fn backward_rows<T: SimdFloat>(job: BackwardJob<'_, T>, scratch: &mut Vec<T>) {
+    let stores = job.rows.layer.stores;
     arch().dispatch(Backward { job, scratch });
+    stores.finish();
 }

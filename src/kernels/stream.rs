@@ -1,0 +1,233 @@
+//! How the kernels store their outputs: ordinary stores, or streaming (non-temporal) stores
+//! for forward outputs larger than the last-level cache. The crate's only `unsafe` code.
+//!
+//! An ordinary store to a line that is not in cache first reads the line from memory (a
+//! "read for ownership"), so writing `y` costs its bytes twice: forward moves 12 bytes per f32
+//! element instead of 8. A streaming store writes whole lines straight to memory without
+//! reading them, which is what `memcpy` does for large copies. It also leaves the output out
+//! of the cache, which is right only when the output does not fit there anyway: in-cache
+//! outputs keep ordinary stores (the next layer reads them from cache).
+//!
+//! Measured (BENCHMARKS.md), the forward pass gains at DRAM sizes; the backward pass, which
+//! reads each row of `x` and `dy` twice while writing `dx`, lost 20–40 % with streaming stores
+//! on the machines tried, so it keeps ordinary stores unless told otherwise.
+//!
+//! Streaming stores here are `vmovntdq` on 16-byte pieces (x86-64 with AVX, which every CPU
+//! the SIMD kernels use has); elsewhere [`Stores::streaming`] gives ordinary stores. 16-byte
+//! pieces need only 16-byte alignment, which large allocations have (32- or 64-byte alignment
+//! usually not). Values are stored unchanged either way: the choice never changes a result.
+
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{__m128i, _mm_sfence};
+use std::sync::OnceLock;
+
+/// How a job's outputs (`y`, `dx`) are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stores {
+    /// Ordinary stores: the output stays in cache for whoever reads it next.
+    Cached,
+    /// Streaming stores for every 16-byte-aligned full vector, then a store fence.
+    Streaming(HasAvx),
+}
+
+/// Proof that the CPU has AVX (for `vmovntdq`): the private field lets only
+/// [`Stores::streaming`], which checks, make one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HasAvx(());
+
+/// Outputs at least this large stream when the cache size is unknown (a typical server L3).
+const DEFAULT_LAST_LEVEL_CACHE: usize = 32 << 20;
+
+impl Stores {
+    /// Streaming stores where the CPU has them (x86-64 with AVX); ordinary stores elsewhere.
+    pub(crate) fn streaming() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            return Stores::Streaming(HasAvx(()));
+        }
+        Stores::Cached
+    }
+
+    /// The stores for a forward output of `bytes` bytes: streaming where the CPU has them and
+    /// the output is at least half the last-level cache (with its input beside it, it would
+    /// not stay in cache), ordinary stores otherwise. `LAYERNORM_STORES` overrides it.
+    pub(crate) fn for_forward(bytes: usize) -> Self {
+        match forced() {
+            Some(stores) => stores,
+            None if bytes >= last_level_cache() / 2 => Stores::streaming(),
+            None => Stores::Cached,
+        }
+    }
+
+    /// The stores for a backward output (`dx`): ordinary stores (streaming ones measured
+    /// slower), unless `LAYERNORM_STORES` says otherwise.
+    pub(crate) fn for_backward() -> Self {
+        forced().unwrap_or(Stores::Cached)
+    }
+
+    /// Makes streaming stores visible to other threads before the job returns (a store
+    /// fence); nothing for ordinary stores.
+    #[inline]
+    pub(crate) fn finish(self) {
+        #[cfg(target_arch = "x86_64")]
+        if let Stores::Streaming(_) = self {
+            // Streaming stores are weakly ordered: without the fence, a thread that sees the
+            // job finished (rayon's join) might not yet see all of its output.
+            // SAFETY: `sfence` needs SSE, which every x86-64 CPU has (it is part of the
+            // target's baseline); it has no operands and no other precondition.
+            unsafe { _mm_sfence() };
+        }
+    }
+}
+
+/// The choice the environment variable `LAYERNORM_STORES` forces on every call (`cached` or
+/// `streaming`; read once), for measuring both paths on a machine; `None` otherwise.
+fn forced() -> Option<Stores> {
+    static FORCED: OnceLock<Option<Stores>> = OnceLock::new();
+    *FORCED.get_or_init(|| {
+        match std::env::var("LAYERNORM_STORES")
+            .ok()
+            .map(|value| value.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("cached") => Some(Stores::Cached),
+            Some("streaming") => Some(Stores::streaming()),
+            _ => None,
+        }
+    })
+}
+
+/// Stores `vector` into `target`: by streaming stores when `stores` says so, `target` is
+/// 16-byte aligned and the vector is a whole number of 16-byte pieces; by an ordinary store
+/// otherwise. Either way `*target == vector` afterwards (once [`Stores::finish`] has run, for
+/// other threads).
+#[inline(always)]
+pub(crate) fn store<V: bytemuck::Pod>(stores: Stores, target: &mut V, vector: V) {
+    #[cfg(target_arch = "x86_64")]
+    if let Stores::Streaming(HasAvx(())) = stores {
+        if size_of::<V>().is_multiple_of(16) && (target as *mut V as usize).is_multiple_of(16) {
+            let bytes = bytemuck::bytes_of(&vector);
+            let base = (target as *mut V).cast::<__m128i>();
+            for index in 0..size_of::<V>() / 16 {
+                let value: __m128i =
+                    bytemuck::pod_read_unaligned(&bytes[index * 16..index * 16 + 16]);
+                // SAFETY: `target` is a valid, exclusively borrowed `V` of `size_of::<V>()`
+                // bytes, a multiple of 16, so `base + index` (`index < size_of::<V>() / 16`)
+                // points to 16 writable bytes inside it, 16-byte aligned (checked above) as
+                // `vmovntdq` requires. The CPU has AVX, which the VEX encoding needs: a
+                // `HasAvx` exists only after `Stores::streaming` checked it. Any bit pattern
+                // is a valid `V` (`Pod`), and nothing reads `*target` before the last piece is
+                // written. The asm writes those 16 bytes only, and touches no stack or flags.
+                // (The VEX encoding, not SSE's `movntdq` of `_mm_stream_si128`: mixing legacy
+                // SSE into AVX code costs a penalty on Intel CPUs.)
+                unsafe {
+                    std::arch::asm!(
+                        "vmovntdq xmmword ptr [{address}], {value}",
+                        address = in(reg) base.add(index),
+                        value = in(xmm_reg) value,
+                        options(nostack, preserves_flags),
+                    )
+                }
+            }
+            return;
+        }
+    }
+    let _ = stores;
+    *target = vector;
+}
+
+/// Size of the largest CPU cache in bytes (Linux's sysfs; [`DEFAULT_LAST_LEVEL_CACHE`]
+/// where it cannot be read), read once.
+fn last_level_cache() -> usize {
+    static SIZE: OnceLock<usize> = OnceLock::new();
+    *SIZE.get_or_init(|| read_cache_sizes().unwrap_or(DEFAULT_LAST_LEVEL_CACHE))
+}
+
+/// The largest of cpu0's caches listed under sysfs, if any.
+fn read_cache_sizes() -> Option<usize> {
+    let entries = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    entries
+        .filter_map(|entry| {
+            let text = std::fs::read_to_string(entry.ok()?.path().join("size")).ok()?;
+            parse_cache_size(&text)
+        })
+        .max()
+}
+
+/// `"32768K"`, `"1M"` or `"512"` (bytes) as bytes.
+fn parse_cache_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let scale = match unit.trim() {
+        "" => 1,
+        "K" | "k" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    digits.parse::<usize>().ok()?.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_sizes_parse() {
+        assert_eq!(parse_cache_size("32768K\n"), Some(32 << 20));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("lots"), None);
+        assert_eq!(parse_cache_size(""), None);
+        assert!(last_level_cache() > 0);
+    }
+
+    #[test]
+    fn both_stores_write_the_value_at_any_alignment() {
+        // Vectors of 16 and 32 bytes at every 4-byte offset: aligned ones stream, the others
+        // fall back to ordinary stores; the values land either way.
+        let mut buffer = vec![[0.0f32; 4]; 40];
+        let floats: &mut [f32] = bytemuck::cast_slice_mut(&mut buffer);
+        for offset in 0..4 {
+            for stores in [Stores::Cached, Stores::streaming()] {
+                let window = &mut floats[offset..offset + 128];
+                let (chunks, _) = window.as_chunks_mut::<8>();
+                for (k, chunk) in chunks.iter_mut().enumerate() {
+                    let value: [f32; 8] = std::array::from_fn(|i| (k * 8 + i + offset) as f32);
+                    store(stores, chunk, value);
+                }
+                let (chunks, _) = window.as_chunks_mut::<4>();
+                for chunk in chunks.iter_mut().skip(16) {
+                    let value = chunk.map(|v| -v);
+                    store(stores, chunk, value);
+                }
+                stores.finish();
+                for (i, &value) in window.iter().enumerate() {
+                    let expected = (i + offset) as f32;
+                    let expected = if i >= 64 { -expected } else { expected };
+                    assert_eq!(value, expected, "offset {offset}, {stores:?}, element {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_choice_follows_the_output_size() {
+        if std::env::var_os("LAYERNORM_STORES").is_some() {
+            return;
+        }
+        assert_eq!(Stores::for_forward(4096), Stores::Cached);
+        assert_eq!(Stores::for_forward(usize::MAX / 2), Stores::streaming());
+        assert_eq!(Stores::for_backward(), Stores::Cached);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            Stores::streaming() != Stores::Cached,
+            std::arch::is_x86_feature_detected!("avx")
+        );
+    }
+}
