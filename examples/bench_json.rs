@@ -13,9 +13,10 @@
 //! reads x and dy and writes dx (3 · …). The ceilings move the same bytes with the same number
 //! of threads: `memcpy` (`copy_from_slice`, which the C library does with streaming stores
 //! for large buffers) for the forward pass, `three_stream` (`dx = a·x + b·dy`, ordinary
-//! stores) for the backward pass. `rayon_overhead` times an empty parallel call of as many
-//! tasks as the forward pass would make, back to back (`warm`) and after a 2 ms pause
-//! (`cold`, the workers asleep).
+//! stores) for the backward pass. `rayon_overhead` times a parallel call of as many 2 µs
+//! tasks as the forward pass would make and reports its time beyond the work itself
+//! (`median_s`), back to back (`rayon_warm`) and after a 2 ms pause (`rayon_cold`, the
+//! workers asleep).
 //!
 //! Times are medians over `--samples` samples of about `--sample-ms` each; each sample runs
 //! the call repeatedly on the same buffers (as a training loop does), after a warm-up.
@@ -204,27 +205,33 @@ fn run_type<A: Element + Zero + Mul<Output = A>>(
                         report(op, type_name, shape, threads, s, 3 * elements * size);
                     }
                     "rayon_overhead" => {
+                        // As many tasks as the crate's split makes for this shape, each busy
+                        // for 2 µs: what a call takes beyond tasks · 2 µs / threads is the
+                        // cost of handing the work to the pool.
                         let tasks = layernorm_task_count(rows, cols, threads);
-                        let empty = || {
-                            (0..tasks).into_par_iter().for_each(|t| {
-                                black_box(t);
+                        let busy = Duration::from_micros(2);
+                        let call = || {
+                            (0..tasks).into_par_iter().for_each(|_| {
+                                let start = Instant::now();
+                                while start.elapsed() < busy {}
                             })
                         };
-                        let warm = median_seconds(&pool, args, empty);
-                        report("rayon_warm", type_name, shape, threads, warm, 0);
+                        let ideal = busy.as_secs_f64() * tasks.div_ceil(threads) as f64;
+                        let warm = median_seconds(&pool, args, call);
+                        report("rayon_warm", type_name, shape, threads, warm - ideal, 0);
                         let cold = pool.install(|| {
                             let mut samples: Vec<f64> = (0..args.samples.max(1) * 10)
                                 .map(|_| {
                                     std::thread::sleep(Duration::from_millis(2));
                                     let start = Instant::now();
-                                    empty();
+                                    call();
                                     start.elapsed().as_secs_f64()
                                 })
                                 .collect();
                             samples.sort_by(f64::total_cmp);
                             samples[samples.len() / 2]
                         });
-                        report("rayon_cold", type_name, shape, threads, cold, 0);
+                        report("rayon_cold", type_name, shape, threads, cold - ideal, 0);
                     }
                     other => return Err(format!("unknown op {other:?}")),
                 }

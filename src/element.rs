@@ -90,11 +90,19 @@ pub trait Element:
     /// outside). `scratch` is working memory the kernel may grow and reuse across calls.
     #[doc(hidden)]
     fn backward_rows(job: BackwardJob<'_, Self>, scratch: &mut Vec<Self>);
+
+    /// Backward jobs whose gradient sums start at a multiple of this many rows add the same
+    /// values to their totals as one longer job (the kernel forms each group of rows' sums
+    /// from zero): the finest split the driver may use (the crate's detail).
+    #[doc(hidden)]
+    const GRAD_GROUP_ROWS: usize;
 }
 
 /// f32 and f64 run the SIMD kernels.
 macro_rules! simd_kernels {
     () => {
+        const GRAD_GROUP_ROWS: usize = simd::FOLD_ROWS;
+
         fn to_compute(values: &[Self]) -> Cow<'_, [Self]> {
             Cow::Borrowed(values)
         }
@@ -150,6 +158,8 @@ macro_rules! half_element {
         impl Element for $half {
             type Stat = f32;
             type Compute = f32;
+            // Each job's sums are rounded to f32 once: only whole gradient blocks split.
+            const GRAD_GROUP_ROWS: usize = crate::rows::GRAD_BLOCK_ROWS;
 
             fn to_compute(values: &[Self]) -> Cow<'_, [f32]> {
                 Cow::Owned(values.iter().map(|value| value.to_f32()).collect())

@@ -52,10 +52,10 @@ pub(crate) fn task_rows(rows: usize, dim: usize, threads: usize) -> Option<usize
 trait RowJob: Send + Sized {
     /// Split points are multiples of this many rows.
     #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
-    const ALIGN: usize;
+    fn align(&self) -> usize;
     fn rows(&self) -> usize;
     fn dim(&self) -> usize;
-    /// Rows `..row` and `row..`; `row` is a multiple of [`ALIGN`](Self::ALIGN).
+    /// Rows `..row` and `row..`; `row` is a multiple of [`align`](Self::align).
     fn split_at(self, row: usize) -> (Self, Self);
     /// Does the whole job on the calling thread.
     fn run(self);
@@ -73,8 +73,8 @@ fn run<J: RowJob>(job: J) {
 /// Halves `job` at an aligned row until the pieces hold at most `rows_per_task` rows.
 #[cfg(feature = "rayon")]
 fn split<J: RowJob>(job: J, rows_per_task: usize) {
-    let rows = job.rows();
-    let half = rows.div_ceil(J::ALIGN) / 2 * J::ALIGN;
+    let (rows, align) = (job.rows(), job.align());
+    let half = rows.div_ceil(align) / 2 * align;
     if rows <= rows_per_task || half == 0 {
         return job.run();
     }
@@ -86,7 +86,9 @@ fn split<J: RowJob>(job: J, rows_per_task: usize) {
 }
 
 impl<A: Element> RowJob for ForwardRows<'_, A> {
-    const ALIGN: usize = 1;
+    fn align(&self) -> usize {
+        1
+    }
 
     fn rows(&self) -> usize {
         ForwardRows::rows(self)
@@ -135,7 +137,9 @@ pub(crate) struct ResidualRows<'a, A: Element> {
 }
 
 impl<A: Element> RowJob for ResidualRows<'_, A> {
-    const ALIGN: usize = 1;
+    fn align(&self) -> usize {
+        1
+    }
 
     fn rows(&self) -> usize {
         self.norm.rows()
@@ -195,42 +199,59 @@ pub(crate) fn forward_residual<A: Element>(mut job: ResidualRows<'_, A>) {
     run(job);
 }
 
-/// A backward job whose gradient sums hold one row of `dim` per block of [`GRAD_BLOCK_ROWS`]
-/// rows (or are not wanted).
-struct BlockedBackward<'a, A: Element>(BackwardJob<'a, A>);
+/// A backward job whose gradient sums hold one row of `dim` per group of `group_rows` rows
+/// (or are not wanted): whole gradient blocks ([`GRAD_BLOCK_ROWS`]), or groups of
+/// `A::GRAD_GROUP_ROWS` rows when blocks would leave threads idle.
+struct BlockedBackward<'a, A: Element> {
+    job: BackwardJob<'a, A>,
+    group_rows: usize,
+}
 
 impl<A: Element> RowJob for BlockedBackward<'_, A> {
-    const ALIGN: usize = GRAD_BLOCK_ROWS;
+    fn align(&self) -> usize {
+        self.group_rows
+    }
 
     fn rows(&self) -> usize {
-        self.0.rows()
+        self.job.rows()
     }
 
     fn dim(&self) -> usize {
-        self.0.rows.layer.dim
+        self.job.rows.layer.dim
     }
 
     fn split_at(self, row: usize) -> (Self, Self) {
-        let (left, right) = self.0.split_at(row, GRAD_BLOCK_ROWS);
-        (BlockedBackward(left), BlockedBackward(right))
+        let group_rows = self.group_rows;
+        let (left, right) = self.job.split_at(row, group_rows);
+        (
+            BlockedBackward {
+                job: left,
+                group_rows,
+            },
+            BlockedBackward {
+                job: right,
+                group_rows,
+            },
+        )
     }
 
-    /// Block by block, each block's sums formed from zero in its own row of sums.
+    /// Group by group, each group's sums formed from zero in its own row of sums.
     fn run(self) {
         let mut scratch = Vec::new();
-        if !self.0.out.sums.is_wanted() {
-            return A::backward_rows(self.0, &mut scratch);
+        if !self.job.out.sums.is_wanted() {
+            return A::backward_rows(self.job, &mut scratch);
         }
-        let mut rest = Some(self.0);
+        let group_rows = self.group_rows;
+        let mut rest = Some(self.job);
         while let Some(job) = rest.take() {
-            let (mut block, later) = if job.rows() > GRAD_BLOCK_ROWS {
-                let (block, later) = job.split_at(GRAD_BLOCK_ROWS, GRAD_BLOCK_ROWS);
-                (block, Some(later))
+            let (mut group, later) = if job.rows() > group_rows {
+                let (group, later) = job.split_at(group_rows, group_rows);
+                (group, Some(later))
             } else {
                 (job, None)
             };
-            block.out.sums.clear();
-            A::backward_rows(block, &mut scratch);
+            group.out.sums.clear();
+            A::backward_rows(group, &mut scratch);
             rest = later;
         }
     }
@@ -281,7 +302,7 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
         job.rows.layer.stores = Stores::for_backward();
     }
     if !job.out.sums.is_wanted() {
-        return run(BlockedBackward(job));
+        return run(BlockedBackward { job, group_rows: 1 });
     }
     let dim = job.rows.layer.dim;
     let rows = job.rows();
@@ -294,20 +315,43 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
         },
     } = job;
     #[cfg(feature = "rayon")]
-    if task_rows(rows, dim, rayon::current_num_threads()).is_some() {
-        // Every block's sums in a row of its own, filled in any order, added up in block order.
-        let blocks = rows.div_ceil(GRAD_BLOCK_ROWS);
-        let mut partials = SumBuffers::<A::Stat>::new(&totals, blocks * dim);
-        run(BlockedBackward(BackwardJob {
-            rows: inputs,
-            out: BackwardOut {
-                dx,
-                dsum,
-                sums: partials.sums(),
+    if let Some(rows_per_task) = task_rows(rows, dim, rayon::current_num_threads()) {
+        // Every group's sums in a row of its own, filled in any order; then each block's sum
+        // from zero, its groups in order, added to the totals in block order: the additions
+        // the serial path below performs.
+        let group_rows = if rows_per_task >= GRAD_BLOCK_ROWS {
+            GRAD_BLOCK_ROWS
+        } else {
+            A::GRAD_GROUP_ROWS
+        };
+        let groups = rows.div_ceil(group_rows);
+        let mut partials = SumBuffers::<A::Stat>::new(&totals, groups * dim);
+        run(BlockedBackward {
+            job: BackwardJob {
+                rows: inputs,
+                out: BackwardOut {
+                    dx,
+                    dsum,
+                    sums: partials.sums(),
+                },
             },
-        }));
-        for block in 0..blocks {
-            partials.add_into(&mut totals, block * dim..(block + 1) * dim);
+            group_rows,
+        });
+        let groups_per_block = GRAD_BLOCK_ROWS / group_rows;
+        if groups_per_block == 1 {
+            for group in 0..groups {
+                partials.add_into(&mut totals, group * dim..(group + 1) * dim);
+            }
+        } else {
+            let mut block = SumBuffers::<A::Stat>::new(&totals, dim);
+            for first in (0..groups).step_by(groups_per_block) {
+                let mut block_sums = block.sums();
+                block_sums.clear();
+                for group in first..(first + groups_per_block).min(groups) {
+                    partials.add_into(&mut block_sums, group * dim..(group + 1) * dim);
+                }
+                block.add_into(&mut totals, 0..dim);
+            }
         }
         return;
     }
@@ -332,7 +376,7 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
 
 #[cfg(all(test, feature = "rayon"))]
 mod tests {
-    use super::task_rows;
+    use super::{task_rows, GRAD_BLOCK_ROWS};
 
     /// Tasks of `rows` rows for a job whose split points are multiples of `align` rows, as
     /// `split` cuts it: halves at aligned rows until a piece has at most `task` rows.
@@ -346,7 +390,8 @@ mod tests {
     }
 
     /// The tasks the usual shapes are cut into on 1 to 16 threads (forward: any row; backward:
-    /// whole 64-row gradient blocks): a small batch or one thread stays whole; otherwise at
+    /// whole 64-row gradient blocks, or 8-row groups when tasks are smaller than a block): a
+    /// small batch or one thread stays whole; otherwise at
     /// least one task per thread where the rows allow it, about four, none under 16 384
     /// elements.
     #[test]
@@ -357,9 +402,9 @@ mod tests {
         // (rows, dim, threads) -> (forward tasks, backward tasks)
         let expected = [
             ((512, 1024, 2), (8, 8)),
-            ((512, 1024, 4), (16, 8)),
-            ((512, 1024, 8), (32, 8)),
-            ((512, 1024, 16), (32, 8)),
+            ((512, 1024, 4), (16, 16)),
+            ((512, 1024, 8), (32, 32)),
+            ((512, 1024, 16), (32, 32)),
             ((4096, 1024, 2), (8, 8)),
             ((4096, 1024, 16), (64, 64)),
             ((8192, 4096, 16), (64, 64)),
@@ -368,7 +413,13 @@ mod tests {
         ];
         for ((rows, dim, threads), counts) in expected {
             let task = task_rows(rows, dim, threads).expect("parallel");
-            let found = (tasks(rows, 1, task), tasks(rows, 64, task));
+            // Whole 64-row blocks when tasks hold that many rows, else groups of 8 (f32, f64).
+            let group = if task >= GRAD_BLOCK_ROWS {
+                GRAD_BLOCK_ROWS
+            } else {
+                8
+            };
+            let found = (tasks(rows, 1, task), tasks(rows, group, task));
             assert_eq!(
                 found, counts,
                 "{rows}x{dim} on {threads} threads, {task} rows a task"

@@ -68,6 +68,9 @@ fn backward_all<T: SimdFloat, S: Simd, V: BackwardBody>(simd: S, backward: Backw
             )
         })
     };
+    // Gain-gradient terms of this group's fallback rows, in f64 (allocated at the first such
+    // row: never for ordinary data), added to the group's sum when it is folded.
+    let mut fallback_gain: Option<Vec<f64>> = None;
     let mut pending: Option<RowSums> = None;
     for (row, dx_row) in dx.chunks_exact_mut(dim).enumerate() {
         match fast_row(row) {
@@ -92,15 +95,17 @@ fn backward_all<T: SimdFloat, S: Simd, V: BackwardBody>(simd: S, backward: Backw
             }
             None => {
                 let single = rows.rows_range(row, row + 1);
+                let gain = partial_gain.is_some().then(|| {
+                    fallback_gain
+                        .get_or_insert_with(|| vec![0.0; dim])
+                        .as_mut_slice()
+                });
                 scalar::backward_rows(BackwardJob {
                     rows: single,
                     out: BackwardOut {
                         dx: dx_row,
                         dsum: None,
-                        sums: GradSums {
-                            gain: partial_gain.as_deref_mut(),
-                            bias: None,
-                        },
+                        sums: GradSums { gain, bias: None },
                     },
                 });
                 if V::BIAS_GRAD {
@@ -112,12 +117,16 @@ fn backward_all<T: SimdFloat, S: Simd, V: BackwardBody>(simd: S, backward: Backw
             add_into(dx_row, &dsum[row * dim..(row + 1) * dim]);
         }
         if (row + 1) % FOLD_ROWS == 0 {
-            fold_into(partial_gain.as_deref_mut(), gain_sums);
-            fold_into(partial_bias.as_deref_mut(), bias_sums);
+            fold_into(
+                partial_gain.as_deref_mut(),
+                gain_sums,
+                fallback_gain.as_deref_mut(),
+            );
+            fold_into(partial_bias.as_deref_mut(), bias_sums, None);
         }
     }
-    fold_into(partial_gain, gain_sums);
-    fold_into(partial_bias, bias_sums);
+    fold_into(partial_gain, gain_sums, fallback_gain.as_deref_mut());
+    fold_into(partial_bias, bias_sums, None);
 }
 
 /// One row of the backward pass, as full vectors and a partial tail.
@@ -388,13 +397,33 @@ fn backward_row<T: SimdFloat, S: Simd, V: BackwardBody>(
     next_sums
 }
 
-/// Adds `sums` (data type) into `totals` (f64) and clears them.
+/// Adds one group's sums into `totals` (f64): `sums` (data type) plus, where the group had
+/// fallback rows, their f64 terms in `fallback` (`fallback + sums`, then added to the total);
+/// clears both. A group's value is formed from zero, so a job that starts at a group boundary
+/// adds the same group values to its totals as a longer job does: the driver may split
+/// backward jobs at any multiple of [`FOLD_ROWS`] rows and add the parts' sums in order.
 #[inline(always)]
-fn fold_into<T: SimdFloat>(totals: Option<&mut [f64]>, sums: &mut [T]) {
-    if let Some(totals) = totals {
-        for (total, sum) in totals.iter_mut().zip(sums.iter_mut()) {
-            *total += sum.to_stat();
-            *sum = T::zero();
+fn fold_into<T: SimdFloat>(
+    totals: Option<&mut [f64]>,
+    sums: &mut [T],
+    fallback: Option<&mut [f64]>,
+) {
+    let Some(totals) = totals else {
+        return;
+    };
+    match fallback {
+        Some(fallback) => {
+            for ((total, sum), extra) in totals.iter_mut().zip(sums.iter_mut()).zip(fallback) {
+                *total += *extra + sum.to_stat();
+                *sum = T::zero();
+                *extra = 0.0;
+            }
+        }
+        None => {
+            for (total, sum) in totals.iter_mut().zip(sums.iter_mut()) {
+                *total += sum.to_stat();
+                *sum = T::zero();
+            }
         }
     }
 }

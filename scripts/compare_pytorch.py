@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""layernorm against PyTorch's CPU LayerNorm kernels, side by side, on one machine.
+
+Times `torch.ops.aten.native_layer_norm` and `native_layer_norm_backward` (the kernels behind
+`torch.nn.functional.layer_norm` and its autograd) on the shapes and thread counts given, and
+prints their GB/s next to the crate's `forward_into` / `backward_into` from the `bench_json`
+example, run in the same way (median of samples of repeated calls on reused buffers, after a
+warm-up). GB/s count the bytes that must move, in the type's own size: forward 2 per element
+(read x, write y), backward 3 (read x and dy, write dx), as the crate's benchmarks do.
+
+Not part of CI: PyTorch is a large install.
+
+    python3 -m venv /tmp/torch && /tmp/torch/bin/pip install torch numpy
+    /tmp/torch/bin/python scripts/compare_pytorch.py --threads 1,2
+    # f16/bf16 too (the crate side needs the `half` feature, which the script turns on):
+    /tmp/torch/bin/python scripts/compare_pytorch.py --threads 1 --types f32,f16,bf16
+    # with crate numbers measured elsewhere (bench_json's stdout saved to a file):
+    /tmp/torch/bin/python scripts/compare_pytorch.py --crate-json crate.jsonl
+
+The PyTorch backward computes dx, dgain and dbias, as the crate's benchmark does.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+DEFAULT_SHAPES = "512x1024,4096x1024,8192x4096,65536x64"
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", default="1", help="comma-separated thread counts")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated ROWSxCOLS")
+    parser.add_argument("--types", default="f32", help="f32, f16, bf16 (comma-separated)")
+    parser.add_argument("--samples", type=int, default=11)
+    parser.add_argument("--sample-ms", type=int, default=40)
+    parser.add_argument(
+        "--crate-json",
+        help="bench_json output to compare against (default: run the example now with cargo)",
+    )
+    parser.add_argument("--json-out", help="also write every measurement here as JSON lines")
+    return parser.parse_args()
+
+
+def median_seconds(work, samples, sample_ms):
+    """Median seconds per call: a warm-up that also sizes the samples, then `samples` samples."""
+    start = time.perf_counter()
+    calls = 0
+    while calls < 3 or time.perf_counter() - start < sample_ms / 1e3:
+        work()
+        calls += 1
+    per_call = (time.perf_counter() - start) / calls
+    per_sample = max(1, int(sample_ms / 1e3 / per_call))
+    times = []
+    for _ in range(max(1, samples)):
+        start = time.perf_counter()
+        for _ in range(per_sample):
+            work()
+        times.append((time.perf_counter() - start) / per_sample)
+    return statistics.median(times)
+
+
+def torch_measurements(args):
+    import torch
+
+    dtypes = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+    results = []
+    generator = torch.Generator().manual_seed(1)
+    for type_name in args.types.split(","):
+        dtype = dtypes[type_name]
+        size = torch.tensor([], dtype=dtype).element_size()
+        for shape in args.shapes.split(","):
+            rows, cols = (int(v) for v in shape.split("x"))
+            x = (torch.rand(rows, cols, generator=generator) * 4 - 1).to(dtype)
+            dy = (torch.rand(rows, cols, generator=generator) * 4 - 1).to(dtype)
+            gain = torch.full((cols,), 1.5, dtype=dtype)
+            bias = torch.full((cols,), 0.25, dtype=dtype)
+            _, mean, rstd = torch.ops.aten.native_layer_norm(x, [cols], gain, bias, 1e-5)
+            for threads in (int(t) for t in args.threads.split(",")):
+                torch.set_num_threads(threads)
+                with torch.no_grad():
+                    forward = median_seconds(
+                        lambda: torch.ops.aten.native_layer_norm(x, [cols], gain, bias, 1e-5),
+                        args.samples,
+                        args.sample_ms,
+                    )
+                    backward = median_seconds(
+                        lambda: torch.ops.aten.native_layer_norm_backward(
+                            dy, x, [cols], mean, rstd, gain, bias, [True, True, True]
+                        ),
+                        args.samples,
+                        args.sample_ms,
+                    )
+                for op, seconds, streams in (("forward", forward, 2), ("backward", backward, 3)):
+                    bytes_moved = streams * rows * cols * size
+                    results.append(
+                        {
+                            "impl": "pytorch",
+                            "op": op,
+                            "type": type_name,
+                            "rows": rows,
+                            "cols": cols,
+                            "threads": threads,
+                            "median_s": seconds,
+                            "gbps": bytes_moved / seconds / 1e9,
+                        }
+                    )
+                print(
+                    f"pytorch {type_name} {shape} {threads}t: forward "
+                    f"{results[-2]['gbps']:.2f} GB/s, backward {results[-1]['gbps']:.2f} GB/s",
+                    file=sys.stderr,
+                )
+    return results
+
+
+def crate_measurements(args):
+    if args.crate_json:
+        with open(args.crate_json) as lines:
+            text = lines.read()
+    else:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        command = ["cargo", "run", "--release", "--quiet"]
+        if any(t in ("f16", "bf16") for t in args.types.split(",")):
+            command += ["--features", "half"]
+        command += [
+            "--example", "bench_json", "--",
+            "--threads", args.threads,
+            "--shapes", args.shapes,
+            "--types", args.types,
+            "--ops", "forward,backward",
+            "--samples", str(args.samples),
+            "--sample-ms", str(args.sample_ms),
+        ]  # fmt: skip
+        text = subprocess.run(
+            command, cwd=root, check=True, stdout=subprocess.PIPE, text=True
+        ).stdout
+    results = []
+    for line in text.splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            entry["impl"] = "layernorm"
+            results.append(entry)
+    return results
+
+
+def main():
+    args = parse_args()
+    import torch
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"PyTorch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})",
+        file=sys.stderr,
+    )
+    ours = crate_measurements(args)
+    theirs = torch_measurements(args)
+    if args.json_out:
+        with open(args.json_out, "w") as out:
+            for entry in ours + theirs:
+                out.write(json.dumps(entry) + "\n")
+    key = lambda e: (e["op"], e["type"], e["rows"], e["cols"], e["threads"])  # noqa: E731
+    crate = {key(e): e["gbps"] for e in ours if e["op"] in ("forward", "backward")}
+    print("| type | shape | threads | forward: layernorm / PyTorch GB/s (ratio) "
+          "| backward: layernorm / PyTorch GB/s (ratio) |")
+    print("|---|---|---|---|---|")
+    rows = sorted({k[1:] for k in map(key, theirs)}, key=lambda k: (k[0], k[1] * k[2], k[3]))
+    for type_name, r, c, threads in rows:
+        cells = []
+        for op in ("forward", "backward"):
+            torch_gbps = next(
+                e["gbps"] for e in theirs if key(e) == (op, type_name, r, c, threads)
+            )
+            ours_gbps = crate.get((op, type_name, r, c, threads))
+            if ours_gbps is None:
+                cells.append(f"– / {torch_gbps:.1f}")
+            else:
+                cells.append(f"{ours_gbps:.1f} / {torch_gbps:.1f} ({ours_gbps / torch_gbps:.2f}×)")
+        print(f"| {type_name} | {r}×{c} | {threads} | {cells[0]} | {cells[1]} |")
+
+
+if __name__ == "__main__":
+    main()
