@@ -257,6 +257,56 @@ impl<A: Element> RowJob for BlockedBackward<'_, A> {
     }
 }
 
+/// Columns per task when the group sums are combined: column `j` of the totals only ever sees
+/// column `j` of the groups, so columns are combined in parallel, each in the serial order.
+#[cfg(feature = "rayon")]
+const COMBINE_COLUMNS: usize = 128;
+
+/// Adds the groups' sums (one row of `dim` per group of `group_rows` rows) into `totals` as
+/// the serial path does: each gradient block's sum formed from zero, its groups in order
+/// (a block that is one group is that group's sums), the blocks added in order.
+#[cfg(feature = "rayon")]
+fn combine_groups<S>(
+    partials: &SumBuffers<S>,
+    totals: &mut GradSums<'_, S>,
+    dim: usize,
+    group_rows: usize,
+) where
+    S: Copy + Send + Sync + std::ops::Add<Output = S> + num_traits::Zero,
+{
+    use rayon::prelude::*;
+    let groups_per_block = GRAD_BLOCK_ROWS / group_rows;
+    for (total, sums) in [
+        (totals.gain.as_deref_mut(), &partials.gain),
+        (totals.bias.as_deref_mut(), &partials.bias),
+    ] {
+        let (Some(total), Some(sums)) = (total, sums) else {
+            continue;
+        };
+        let groups = sums.len() / dim;
+        total
+            .par_chunks_mut(COMBINE_COLUMNS)
+            .enumerate()
+            .for_each(|(chunk, total)| {
+                let first = chunk * COMBINE_COLUMNS;
+                let columns = total.len();
+                let group = |g: usize| &sums[g * dim + first..][..columns];
+                if groups_per_block == 1 {
+                    (0..groups).for_each(|g| add_into(total, group(g)));
+                    return;
+                }
+                let mut block = vec![S::zero(); columns];
+                for start in (0..groups).step_by(groups_per_block) {
+                    block.fill(S::zero());
+                    for g in start..(start + groups_per_block).min(groups) {
+                        add_into(&mut block, group(g));
+                    }
+                    add_into(total, &block);
+                }
+            });
+    }
+}
+
 /// Owned gradient sums: a buffer for each parameter gradient that is wanted.
 struct SumBuffers<S> {
     gain: Option<Vec<S>>,
@@ -337,22 +387,7 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
             },
             group_rows,
         });
-        let groups_per_block = GRAD_BLOCK_ROWS / group_rows;
-        if groups_per_block == 1 {
-            for group in 0..groups {
-                partials.add_into(&mut totals, group * dim..(group + 1) * dim);
-            }
-        } else {
-            let mut block = SumBuffers::<A::Stat>::new(&totals, dim);
-            for first in (0..groups).step_by(groups_per_block) {
-                let mut block_sums = block.sums();
-                block_sums.clear();
-                for group in first..(first + groups_per_block).min(groups) {
-                    partials.add_into(&mut block_sums, group * dim..(group + 1) * dim);
-                }
-                block.add_into(&mut totals, 0..dim);
-            }
-        }
+        combine_groups(&partials, &mut totals, dim, group_rows);
         return;
     }
     // On the calling thread: one block's sums at a time, added to the totals as they come.

@@ -58,12 +58,17 @@ pub(crate) trait SimdFloat:
     fn load_partial<S: Simd>(simd: S, values: &[Self]) -> Self::Vector<S>;
     /// Stores the first `values.len()` lanes.
     fn store_partial<S: Simd>(simd: S, values: &mut [Self], vector: Self::Vector<S>);
+    /// The sum of a vector's lanes by the halving tree (lane `l` plus lane `l + w/2`, then
+    /// `l + w/4`, …): pulp's horizontal sum on x86-64 (AVX-512 adds the 256-bit halves, AVX2
+    /// the 128-bit halves, then `movehl` and one shuffle; the scalar path loops the same
+    /// tree), so in registers where the instruction set allows.
+    fn reduce_sum<S: Simd>(simd: S, vector: Self::Vector<S>) -> Self;
 }
 
 macro_rules! impl_simd_float {
     ($float:ty, $vector:ident, $tiny_ssq:expr, $eps_dwarfing:expr, $logical_lanes:expr,
      $splat:ident, $add:ident, $sub:ident, $mul:ident, $mul_add:ident,
-     $split:ident, $split_mut:ident, $load:ident, $store:ident) => {
+     $split:ident, $split_mut:ident, $load:ident, $store:ident, $reduce:ident) => {
         impl SimdFloat for $float {
             type Vector<S: Simd> = S::$vector;
             const TINY_SUM_OF_SQUARES: f64 = $tiny_ssq;
@@ -111,6 +116,10 @@ macro_rules! impl_simd_float {
             fn store_partial<S: Simd>(simd: S, values: &mut [Self], vector: S::$vector) {
                 simd.$store(values, vector)
             }
+            #[inline(always)]
+            fn reduce_sum<S: Simd>(simd: S, vector: S::$vector) -> Self {
+                simd.$reduce(vector)
+            }
         }
     };
 }
@@ -131,7 +140,8 @@ impl_simd_float!(
     as_simd_f32s,
     as_mut_simd_f32s,
     partial_load_f32s,
-    partial_store_f32s
+    partial_store_f32s,
+    reduce_sum_f32s
 );
 impl_simd_float!(
     f64,
@@ -147,7 +157,8 @@ impl_simd_float!(
     as_simd_f64s,
     as_mut_simd_f64s,
     partial_load_f64s,
-    partial_store_f64s
+    partial_store_f64s,
+    reduce_sum_f64s
 );
 
 /// Rows whose parameter gradients are summed in the data type before folding into f64.
@@ -193,7 +204,23 @@ fn fold<T: SimdFloat, S: Simd>(simd: S, parts: &mut [T::Vector<S>], count: usize
             parts[a] = T::add_vectors(simd, parts[a], parts[a + width]);
         }
     }
-    let mut last = parts[0];
+    let total = halving_sum::<T, S>(simd, parts[0]).to_stat();
+    let zero = T::splat(simd, T::zero());
+    parts[..count].fill(zero);
+    total
+}
+
+/// The lanes of `vector` summed by the halving tree: lane `l` plus lane `l + w/2`, then
+/// `l + w/4`, and so on. On x86-64 pulp's horizontal sum performs exactly these additions
+/// (its source: AVX-512 and AVX2 add register halves, then `movehl` and a shuffle; the scalar
+/// path loops the tree), in registers; elsewhere (NEON's pairwise sum adds in another order)
+/// the tree is spelled out on the lanes.
+#[inline(always)]
+fn halving_sum<T: SimdFloat, S: Simd>(simd: S, vector: T::Vector<S>) -> T {
+    if cfg!(target_arch = "x86_64") {
+        return T::reduce_sum(simd, vector);
+    }
+    let mut last = vector;
     let lanes = lanes_mut::<T, S>(&mut last);
     let mut width = lanes.len();
     while width > 1 {
@@ -202,10 +229,7 @@ fn fold<T: SimdFloat, S: Simd>(simd: S, parts: &mut [T::Vector<S>], count: usize
             lanes[l] = lanes[l] + lanes[l + width];
         }
     }
-    let total = lanes[0].to_stat();
-    let zero = T::splat(simd, T::zero());
-    parts[..count].fill(zero);
-    total
+    lanes[0]
 }
 
 // Hot loops take their per-vector work as macro bodies, not closures: a closure is compiled as
