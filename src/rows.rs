@@ -118,7 +118,7 @@ pub(crate) fn forward<A: Element>(mut job: ForwardRows<'_, A>) {
 /// stores.
 fn output_stores<A: Element>(job: &ForwardRows<'_, A>) -> Stores {
     match job.x {
-        Some(_) => Stores::for_forward(size_of_val(job.out)),
+        Some(_) => Stores::for_output(size_of_val(job.out)),
         None => Stores::Cached,
     }
 }
@@ -349,7 +349,7 @@ impl<S: Copy + std::ops::Add<Output = S>> SumBuffers<S> {
 pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
     // With `dsum`, each row of dx is read back to add it: ordinary stores.
     if job.out.dsum.is_none() {
-        job.rows.layer.stores = Stores::for_backward();
+        job.rows.layer.stores = Stores::for_output(size_of_val(job.out.dx));
     }
     if !job.out.sums.is_wanted() {
         return run(BlockedBackward { job, group_rows: 1 });

@@ -23,7 +23,7 @@ pub(crate) use stream::Stores;
 /// length `dim`, where present, in the kernels' type `A::Compute`), whether the row is
 /// centered first (LayerNorm) or only scaled by its root mean square (RmsNorm, where the
 /// "mean" of the statistics is 0 and `σ² = mean(x²)`), and ε in the statistics type; and how
-/// the kernels store this call's outputs (the driver chooses, see [`Stores::for_forward`]).
+/// the kernels store this call's outputs (the driver chooses, see [`Stores::for_output`]).
 #[derive(Debug)]
 pub struct Layer<'a, A: Element> {
     pub(crate) dim: usize,
