@@ -105,7 +105,7 @@ fn forward_all<T: SimdFloat, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<
             None => later.get(..dim),
         };
         let shift = next
-            .map(|next| first_shift(next, centered))
+            .map(|next| first_shift::<T, S>(simd, next, centered))
             .filter(|shift| shift.is_finite());
         // Without statistics for this row, or a next row to overlap with, the row alone.
         let (Some(row_stats_now), Some(next), Some(shift)) = (current_stats, next, shift) else {
@@ -145,7 +145,7 @@ fn stats_of_row<T: SimdFloat, S: Simd>(
     values: &[T],
     layer: Layer<'_, T>,
 ) -> Option<RowStats<T>> {
-    let shift = first_shift(values, layer.centered);
+    let shift = first_shift::<T, S>(simd, values, layer.centered);
     row_stats_from::<T, S>(simd, values, shift, layer.eps, layer.centered)
 }
 
