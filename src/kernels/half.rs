@@ -16,22 +16,85 @@ pub(crate) trait HalfElement: Element<Stat = f32, Compute = f32> {
     fn narrow(values: &[f32], into: &mut [Self]);
 }
 
-macro_rules! half_element {
-    ($half:ty) => {
-        impl HalfElement for $half {
-            fn widen(values: &[Self], into: &mut [f32]) {
-                values.convert_to_f32_slice(into);
-            }
+impl HalfElement for half::f16 {
+    /// The `half` crate's slice conversions: F16C instructions where the CPU has them.
+    fn widen(values: &[Self], into: &mut [f32]) {
+        values.convert_to_f32_slice(into);
+    }
 
-            fn narrow(values: &[f32], into: &mut [Self]) {
-                into.convert_from_f32_slice(values);
-            }
-        }
-    };
+    fn narrow(values: &[f32], into: &mut [Self]) {
+        into.convert_from_f32_slice(values);
+    }
 }
 
-half_element!(half::f16);
-half_element!(half::bf16);
+/// bf16 is the upper half of an f32, so both conversions are integer operations the compiler
+/// vectorizes, here for the widest instruction set the kernels use (the `half` crate converts
+/// bf16 slices one element at a time, or in SSE2 lanes). Each gives the same bits as `half`'s
+/// `bf16::to_f32` / `bf16::from_f32` (`tests` below compare them).
+impl HalfElement for half::bf16 {
+    fn widen(values: &[Self], into: &mut [f32]) {
+        simd::arch().dispatch(WidenBf16 { values, into });
+    }
+
+    fn narrow(values: &[f32], into: &mut [Self]) {
+        simd::arch().dispatch(NarrowBf16 { values, into });
+    }
+}
+
+/// bf16 to f32, compiled for each instruction set by pulp's dispatch.
+struct WidenBf16<'a> {
+    values: &'a [half::bf16],
+    into: &'a mut [f32],
+}
+
+impl pulp::WithSimd for WidenBf16<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        for (wide, &narrow) in self.into.iter_mut().zip(self.values) {
+            *wide = bf16_to_f32(narrow.to_bits());
+        }
+    }
+}
+
+/// f32 to bf16, compiled for each instruction set by pulp's dispatch.
+struct NarrowBf16<'a> {
+    values: &'a [f32],
+    into: &'a mut [half::bf16],
+}
+
+impl pulp::WithSimd for NarrowBf16<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        for (narrow, &wide) in self.into.iter_mut().zip(self.values) {
+            *narrow = half::bf16::from_bits(f32_to_bf16(wide));
+        }
+    }
+}
+
+/// A bf16's bits as f32: shifted into the upper half; a NaN is made quiet.
+#[inline(always)]
+fn bf16_to_f32(bits: u16) -> f32 {
+    let quiet = if bits & 0x7FFF > 0x7F80 { 0x0040 } else { 0 };
+    f32::from_bits(u32::from(bits | quiet) << 16)
+}
+
+/// An f32 rounded to the nearest bf16, ties to even (a carry out of the mantissa gives the next
+/// exponent, and ±Inf past the largest finite value); a NaN keeps its upper bits, made quiet.
+#[inline(always)]
+fn f32_to_bf16(value: f32) -> u16 {
+    let bits = value.to_bits();
+    let upper = bits >> 16;
+    // Round up when the first dropped bit is set and either a later dropped bit or the kept
+    // last bit is: to nearest, ties to even.
+    let round_up = (bits & 0x8000 != 0) & (bits & 0x1_7FFF != 0);
+    let rounded = upper + u32::from(round_up);
+    let is_nan = bits & 0x7FFF_FFFF > 0x7F80_0000;
+    (if is_nan { upper | 0x0040 } else { rounded }) as u16
+}
 
 /// Elements converted per chunk (whole rows, at least one).
 const CHUNK_ELEMENTS: usize = 1 << 13;
@@ -152,6 +215,49 @@ pub(crate) fn backward_rows<H: HalfElement>(job: BackwardJob<'_, H>) {
             for (total, sum) in partial.iter_mut().zip(sums) {
                 *total += sum as f32;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bf16_to_f32, f32_to_bf16};
+    use half::bf16;
+
+    /// Every bf16, and f32 values across the whole bit range (every 4099th pattern, plus the
+    /// ones around rounding ties, ±0, ±Inf, NaNs and the largest values): the same bits as the
+    /// `half` crate's conversions.
+    #[test]
+    fn bf16_conversions_match_the_half_crate() {
+        for bits in 0..=u16::MAX {
+            let expected = bf16::from_bits(bits).to_f32().to_bits();
+            assert_eq!(bf16_to_f32(bits).to_bits(), expected, "bf16 {bits:#06x}");
+        }
+        let ties = (0..=u16::MAX).flat_map(|upper| {
+            let base = u32::from(upper) << 16;
+            [
+                base,
+                base | 0x7FFF,
+                base | 0x8000,
+                base | 0x8001,
+                base | 0xFFFF,
+            ]
+        });
+        let spread = (0..=u32::MAX).step_by(4099);
+        let special = [
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -0.0,
+            0.0,
+        ]
+        .map(f32::to_bits);
+        for bits in ties.chain(spread).chain(special) {
+            let value = f32::from_bits(bits);
+            let expected = bf16::from_f32(value).to_bits();
+            assert_eq!(f32_to_bf16(value), expected, "f32 {bits:#010x}");
         }
     }
 }
