@@ -284,8 +284,12 @@ fn combine_groups<S>(
             continue;
         };
         let groups = sums.len() / dim;
+        // Column chunks per task: at least MIN_TASK_ELEMENTS additions each, so that a few
+        // blocks' sums are combined on the calling thread.
+        let chunks_per_task = MIN_TASK_ELEMENTS.div_ceil(groups * COMBINE_COLUMNS);
         total
             .par_chunks_mut(COMBINE_COLUMNS)
+            .with_min_len(chunks_per_task)
             .enumerate()
             .for_each(|(chunk, total)| {
                 let first = chunk * COMBINE_COLUMNS;

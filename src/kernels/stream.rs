@@ -3,10 +3,10 @@
 //!
 //! An ordinary store to a line that is not in cache first reads the line from memory (a
 //! "read for ownership"), so writing `y` costs its bytes twice: forward moves 12 bytes per f32
-//! element instead of 8, backward 16 instead of 12. A streaming store writes whole lines straight to memory without
-//! reading them, which is what `memcpy` does for large copies. It also leaves the output out
-//! of the cache, which is right only when the output does not fit there anyway: in-cache
-//! outputs keep ordinary stores (the next layer reads them from cache).
+//! element instead of 8, backward 16 instead of 12. A streaming store writes whole lines
+//! straight to memory without reading them, which is what `memcpy` does for large copies. It
+//! also leaves the output out of the cache, which is right only when the output does not fit
+//! there anyway: in-cache outputs keep ordinary stores (the next layer reads them from cache).
 //!
 //! Measured (BENCHMARKS.md) on a 16-core Xeon, streaming stores made forward and backward
 //! 1.2–1.6× faster at 128 MiB outputs; on a 2-core AMD EPYC VM the forward gained at DRAM
@@ -37,7 +37,7 @@ pub(crate) enum Stores {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HasAvx(());
 
-/// Outputs at least this large stream when the cache size is unknown (a typical server L3).
+/// The last-level cache assumed where its size cannot be read (a typical server L3).
 const DEFAULT_LAST_LEVEL_CACHE: usize = 32 << 20;
 
 /// Outputs at least this large stream whatever the reported cache size: a large shared L3
