@@ -2,7 +2,6 @@
 
 use crate::kernels::{simd, BackwardJob, ForwardRows};
 use num_traits::{Float, FromPrimitive};
-use std::borrow::Cow;
 use std::fmt::{Debug, Display};
 
 mod private {
@@ -25,7 +24,7 @@ mod private {
 /// |---|---|---|
 /// | `f32` | `f64` | keeps the mean exact on rows whose mean is large against their spread, and squares cannot overflow |
 /// | `f64` | `f64` | |
-/// | `half::f16`, `half::bf16` (feature `half`) | `f32` | rows are widened to f32 and run through the f32 kernels; outputs are rounded to half once |
+/// | `half::f16`, `half::bf16` (feature `half`) | `f32` | the f32 kernels, with each vector widened to f32 as it is loaded and rounded to half as it is stored (in registers); outputs are the f32 computation rounded to half once |
 ///
 /// Code generic over the element type names it as the bound:
 ///
@@ -61,9 +60,27 @@ pub trait Element:
     #[doc(hidden)]
     type Compute: Element + Into<Self::Stat>;
 
-    /// Parameters of this type in the kernels' type: borrowed when it is the same.
+    /// Parameters of this type in the kernels' type: `values` themselves when it is the same,
+    /// else widened into `buffer` (the crate's hook).
     #[doc(hidden)]
-    fn to_compute(values: &[Self]) -> Cow<'_, [Self::Compute]>;
+    fn to_compute<'a>(
+        values: &'a [Self],
+        buffer: &'a mut Vec<Self::Compute>,
+    ) -> &'a [Self::Compute];
+
+    /// A buffer for [`to_compute`](Self::to_compute): reused from the calling thread's earlier
+    /// calls where the type widens its parameters, so that a call allocates nothing after the
+    /// first (the crate's hook).
+    #[doc(hidden)]
+    fn take_buffer() -> Vec<Self::Compute> {
+        Vec::new()
+    }
+
+    /// Returns a buffer from [`take_buffer`](Self::take_buffer) for later calls.
+    #[doc(hidden)]
+    fn give_back(buffer: Vec<Self::Compute>) {
+        drop(buffer);
+    }
 
     /// Widens a stored value to the statistics type (exact).
     ///
@@ -103,8 +120,8 @@ macro_rules! simd_kernels {
     () => {
         const GRAD_GROUP_ROWS: usize = simd::FOLD_ROWS;
 
-        fn to_compute(values: &[Self]) -> Cow<'_, [Self]> {
-            Cow::Borrowed(values)
+        fn to_compute<'a>(values: &'a [Self], _buffer: &'a mut Vec<Self>) -> &'a [Self] {
+            values
         }
 
         fn forward_rows(job: ForwardRows<'_, Self>) {
@@ -112,7 +129,14 @@ macro_rules! simd_kernels {
         }
 
         fn backward_rows(job: BackwardJob<'_, Self>, scratch: &mut Vec<Self>) {
-            simd::backward_rows(job, scratch);
+            let BackwardJob { rows, out } = job;
+            simd::backward_rows(simd::Backward {
+                rows,
+                dx: out.dx,
+                dsum: out.dsum,
+                totals: out.sums,
+                scratch,
+            });
         }
     };
 }
@@ -151,7 +175,7 @@ impl Element for f64 {
     simd_kernels!();
 }
 
-/// f16 and bf16 run the f32 kernels on rows widened to f32.
+/// f16 and bf16 run the f32 kernels, converting in registers (`kernels::half`).
 #[cfg(feature = "half")]
 macro_rules! half_element {
     ($half:ty) => {
@@ -161,8 +185,25 @@ macro_rules! half_element {
             // Each job's sums are rounded to f32 once: only whole gradient blocks split.
             const GRAD_GROUP_ROWS: usize = crate::rows::GRAD_BLOCK_ROWS;
 
-            fn to_compute(values: &[Self]) -> Cow<'_, [f32]> {
-                Cow::Owned(values.iter().map(|value| value.to_f32()).collect())
+            fn to_compute<'a>(values: &'a [Self], buffer: &'a mut Vec<f32>) -> &'a [f32] {
+                use half::slice::HalfFloatSliceExt;
+                buffer.clear();
+                buffer.resize(values.len(), 0.0);
+                values.convert_to_f32_slice(buffer);
+                buffer
+            }
+
+            fn take_buffer() -> Vec<f32> {
+                WIDE_PARAMETERS.with(|pool| pool.borrow_mut().pop().unwrap_or_default())
+            }
+
+            fn give_back(buffer: Vec<f32>) {
+                WIDE_PARAMETERS.with(|pool| {
+                    let mut pool = pool.borrow_mut();
+                    if pool.len() < WIDE_PARAMETER_BUFFERS {
+                        pool.push(buffer);
+                    }
+                });
             }
 
             #[inline(always)]
@@ -176,7 +217,7 @@ macro_rules! half_element {
             }
 
             fn forward_rows(job: ForwardRows<'_, Self>) {
-                crate::kernels::half::forward_rows(job);
+                simd::forward_rows(job);
             }
 
             fn backward_rows(job: BackwardJob<'_, Self>, _scratch: &mut Vec<Self>) {
@@ -185,6 +226,19 @@ macro_rules! half_element {
         }
     };
 }
+
+#[cfg(feature = "half")]
+thread_local! {
+    /// Buffers for half parameters widened to f32, kept between calls on this thread. A call
+    /// takes its buffers out and puts them back when it returns, so a call made while another
+    /// one waits on this thread (rayon work stealing) takes fresh ones instead.
+    static WIDE_PARAMETERS: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread: gain and bias of a call, and of a few calls nested by work
+/// stealing.
+#[cfg(feature = "half")]
+const WIDE_PARAMETER_BUFFERS: usize = 8;
 
 #[cfg(feature = "half")]
 half_element!(half::f16);
@@ -225,9 +279,10 @@ half_element!(half::bf16);
 pub trait Parameter<A: Element>:
     private::Sealed + Copy + Send + Sync + Debug + PartialEq + 'static
 {
-    /// Parameters in the kernels' type (the crate's hook).
+    /// Parameters in the kernels' type: `values` themselves, or widened into `buffer` (the
+    /// crate's hook).
     #[doc(hidden)]
-    fn to_compute(values: &[Self]) -> Cow<'_, [A::Compute]>;
+    fn to_compute<'a>(values: &'a [Self], buffer: &'a mut Vec<A::Compute>) -> &'a [A::Compute];
 
     /// Widens a parameter or gradient to the statistics type (exact).
     #[doc(hidden)]
@@ -239,8 +294,8 @@ pub trait Parameter<A: Element>:
 }
 
 impl<A: Element> Parameter<A> for A {
-    fn to_compute(values: &[A]) -> Cow<'_, [A::Compute]> {
-        A::to_compute(values)
+    fn to_compute<'a>(values: &'a [A], buffer: &'a mut Vec<A::Compute>) -> &'a [A::Compute] {
+        A::to_compute(values, buffer)
     }
 
     fn to_stat(self) -> A::Stat {
@@ -257,8 +312,8 @@ impl<A: Element> Parameter<A> for A {
 macro_rules! f32_parameters {
     ($half:ty) => {
         impl Parameter<$half> for f32 {
-            fn to_compute(values: &[f32]) -> Cow<'_, [f32]> {
-                Cow::Borrowed(values)
+            fn to_compute<'a>(values: &'a [f32], _buffer: &'a mut Vec<f32>) -> &'a [f32] {
+                values
             }
 
             fn to_stat(self) -> f32 {

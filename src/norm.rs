@@ -246,19 +246,24 @@ impl<A: Element, P: Parameter<A>> NormCore<A, P> {
     }
 
     /// Runs `work` on the layer as the kernels see it, with the parameters in the kernels'
-    /// type (borrowed, or widened for the call when half data keeps half parameters).
+    /// type (borrowed, or widened for the call into buffers the thread reuses when half data
+    /// keeps half parameters).
     fn with_layer<R>(&self, work: impl FnOnce(Layer<'_, A>) -> R) -> R {
-        let gain = self.gain.as_ref().map(|g| P::to_compute(as_slice_1d(g)));
-        let bias = self.bias.as_ref().map(|b| P::to_compute(as_slice_1d(b)));
-        work(Layer {
+        let (mut gain_buffer, mut bias_buffer) = (A::take_buffer(), A::take_buffer());
+        let gain = (self.gain.as_ref()).map(|g| P::to_compute(as_slice_1d(g), &mut gain_buffer));
+        let bias = (self.bias.as_ref()).map(|b| P::to_compute(as_slice_1d(b), &mut bias_buffer));
+        let result = work(Layer {
             dim: self.dim,
-            gain: gain.as_deref(),
-            bias: bias.as_deref(),
+            gain,
+            bias,
             centered: self.centering == Centering::Mean,
             eps: A::Stat::from_f64(self.eps).expect("a finite eps converts to the statistics type"),
             // The driver (`rows.rs`) chooses from the size of the whole output.
             stores: Stores::Cached,
-        })
+        });
+        A::give_back(gain_buffer);
+        A::give_back(bias_buffer);
+        result
     }
 
     fn check_input<D: Dimension>(

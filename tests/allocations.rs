@@ -123,6 +123,20 @@ fn training_loop_calls_allocate_nothing_that_grows_with_the_rows() {
     });
     assert_eq!(bytes, 0, "RmsNorm forward_into");
 
+    // Half data with half parameters: the parameters are widened to f32 for the kernels into
+    // buffers the thread keeps, so forward allocates nothing after the first call.
+    #[cfg(feature = "half")]
+    {
+        let ln = LayerNorm::<half::f16>::new(dim).expect("valid");
+        let x = b.x.mapv(half::f16::from_f32);
+        let mut out = x.clone();
+        let bytes = pool.install(|| {
+            ln.forward_into(&x, &mut out).expect("valid");
+            allocated_by(|| ln.forward_into(&x, &mut out).expect("valid"))
+        });
+        assert_eq!(bytes, 0, "f16 forward_into");
+    }
+
     // Two threads, above the parallel threshold: what rayon's path allocates.
     let rows = 2048;
     let parallel = measure(rows, dim, 2);

@@ -1,78 +1,226 @@
-//! f16 and bf16 rows: widened to f32 a chunk at a time, run through the f32 kernels (SIMD where
-//! the CPU has it), and rounded back to half once. Statistics are kept in f32; the f32 kernels'
-//! f64 statistics and gradient sums are rounded to f32 on the way out, and widened exactly on
-//! the way in.
+//! f16 and bf16 rows in the SIMD kernels: each vector is widened to f32 as it is loaded and
+//! rounded back to half as it is stored, in registers, so the kernels compute exactly what
+//! they compute on f32 rows (statistics, sums and fallback rows included) and the result is
+//! rounded to half once. Statistics are returned in f32, rounded from the kernels' f64 ones.
+//!
+//! Conversions: on x86-64 with AVX2 (`pulp::x86::V3`) eight values at a time by integer
+//! operations (bf16 is the upper half of an f32; f16 is rebiased, with its subnormals and
+//! specials handled by selects), elsewhere one lane at a time. Both give the bits of the
+//! `half` crate's `to_f32` / `from_f32` (round to nearest, ties to even; NaN made quiet), which
+//! the tests below check for every half value and for f32 values across their whole range. On
+//! AVX-512 machines these kernels run on AVX2 vectors ([`Storage::AT_MOST_AVX2`]): the same
+//! bits, the conversions written once.
 
+#[cfg(target_arch = "x86_64")]
+use super::f16c::HasF16c;
+use super::simd::{Backward, Storage};
+use super::stream::{store, Stores};
 use super::{
-    add_into, simd, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer,
-    RowStatsOut, Stores,
+    scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
 };
 use crate::element::Element;
-use half::slice::HalfFloatSliceExt;
+#[cfg(target_arch = "x86_64")]
+use pulp::x86::V3;
+use pulp::Simd;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{__m128i, __m256};
 
-/// A half-precision element: bulk conversions to and from f32.
-pub(crate) trait HalfElement: Element<Stat = f32, Compute = f32> {
-    fn widen(values: &[Self], into: &mut [f32]);
-    fn narrow(values: &[f32], into: &mut [Self]);
+/// What the CPU offers the conversions beyond the instruction set's token: F16C or not,
+/// checked once per row (not per vector) and carried with the row's vectors.
+#[cfg(target_arch = "x86_64")]
+type Extras = Option<HasF16c>;
+#[cfg(not(target_arch = "x86_64"))]
+type Extras = ();
+
+/// A half-precision element: its conversions to and from f32, one value and eight at a time.
+pub(crate) trait HalfElement: Element<Stat = f32, Compute = f32> + bytemuck::Pod {
+    fn widen_one(self) -> f32;
+    fn narrow_one(value: f32) -> Self;
+    /// What the eight-at-a-time conversions can use on this CPU.
+    fn extras() -> Extras;
+    /// Eight values (the bits in a 128-bit register) widened to f32, on AVX2.
+    #[cfg(target_arch = "x86_64")]
+    fn widen_v3(simd: V3, extras: Extras, bits: __m128i) -> __m256;
+    /// Eight f32 values rounded to half, on AVX2.
+    #[cfg(target_arch = "x86_64")]
+    fn narrow_v3(simd: V3, extras: Extras, values: __m256) -> __m128i;
 }
 
-impl HalfElement for half::f16 {
-    /// The `half` crate's slice conversions: F16C instructions where the CPU has them.
-    fn widen(values: &[Self], into: &mut [f32]) {
-        values.convert_to_f32_slice(into);
-    }
-
-    fn narrow(values: &[f32], into: &mut [Self]) {
-        into.convert_from_f32_slice(values);
-    }
+/// A half row's full vectors (its values, a whole number of vectors) and the [`Extras`].
+#[derive(Clone, Copy)]
+pub(crate) struct HalfVectors<'a, H> {
+    values: &'a [H],
+    extras: Extras,
 }
 
-/// bf16 is the upper half of an f32, so both conversions are integer operations the compiler
-/// vectorizes, here for the widest instruction set the kernels use (the `half` crate converts
-/// bf16 slices one element at a time, or in SSE2 lanes). Each gives the same bits as `half`'s
-/// `bf16::to_f32` / `bf16::from_f32` (`tests` below compare them).
+/// [`HalfVectors`], written.
+pub(crate) struct HalfVectorsMut<'a, H> {
+    values: &'a mut [H],
+    extras: Extras,
+}
+
+/// bf16: the upper half of an f32.
 impl HalfElement for half::bf16 {
-    fn widen(values: &[Self], into: &mut [f32]) {
-        simd::arch().dispatch(WidenBf16 { values, into });
+    #[inline(always)]
+    fn widen_one(self) -> f32 {
+        bf16_to_f32(self.to_bits())
     }
-
-    fn narrow(values: &[f32], into: &mut [Self]) {
-        simd::arch().dispatch(NarrowBf16 { values, into });
-    }
-}
-
-/// bf16 to f32, compiled for each instruction set by pulp's dispatch.
-struct WidenBf16<'a> {
-    values: &'a [half::bf16],
-    into: &'a mut [f32],
-}
-
-impl pulp::WithSimd for WidenBf16<'_> {
-    type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        for (wide, &narrow) in self.into.iter_mut().zip(self.values) {
-            *wide = bf16_to_f32(narrow.to_bits());
+    fn narrow_one(value: f32) -> Self {
+        half::bf16::from_bits(f32_to_bf16(value))
+    }
+
+    #[inline(always)]
+    fn extras() -> Extras {
+        Extras::default()
+    }
+
+    /// Shifted into the upper half; a NaN is made quiet.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn widen_v3(simd: V3, _extras: Extras, bits: __m128i) -> __m256 {
+        let (avx, avx2) = (simd.avx, simd.avx2);
+        let wide = avx2._mm256_cvtepu16_epi32(bits);
+        let magnitude = avx2._mm256_and_si256(wide, avx._mm256_set1_epi32(0x7FFF));
+        let is_nan = avx2._mm256_cmpgt_epi32(magnitude, avx._mm256_set1_epi32(0x7F80));
+        let quiet = avx2._mm256_and_si256(is_nan, avx._mm256_set1_epi32(0x0040));
+        avx._mm256_castsi256_ps(avx2._mm256_slli_epi32::<16>(avx2._mm256_or_si256(wide, quiet)))
+    }
+
+    /// Rounded to nearest, ties to even, on the integer bits (a carry out of the mantissa
+    /// gives the next exponent, and ±Inf past the largest finite value); a NaN keeps its upper
+    /// bits, made quiet.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn narrow_v3(simd: V3, _extras: Extras, values: __m256) -> __m128i {
+        let (avx, avx2) = (simd.avx, simd.avx2);
+        let bits = avx._mm256_castps_si256(values);
+        let upper = avx2._mm256_srli_epi32::<16>(bits);
+        let last_kept = avx2._mm256_and_si256(upper, avx._mm256_set1_epi32(1));
+        let bias = avx2._mm256_add_epi32(last_kept, avx._mm256_set1_epi32(0x7FFF));
+        let rounded = avx2._mm256_srli_epi32::<16>(avx2._mm256_add_epi32(bits, bias));
+        let magnitude = avx2._mm256_and_si256(bits, avx._mm256_set1_epi32(0x7FFF_FFFF));
+        let is_nan = avx2._mm256_cmpgt_epi32(magnitude, avx._mm256_set1_epi32(0x7F80_0000));
+        let nan = avx2._mm256_or_si256(upper, avx._mm256_set1_epi32(0x0040));
+        pack_v3(simd, avx2._mm256_blendv_epi8(rounded, nan, is_nan))
+    }
+}
+
+/// f16: the CPU's conversion instructions on AVX2 machines that have them (F16C, every one
+/// known), integer operations otherwise.
+impl HalfElement for half::f16 {
+    #[inline(always)]
+    fn widen_one(self) -> f32 {
+        self.to_f32()
+    }
+
+    #[inline(always)]
+    fn narrow_one(value: f32) -> Self {
+        half::f16::from_f32(value)
+    }
+
+    #[inline(always)]
+    fn extras() -> Extras {
+        #[cfg(target_arch = "x86_64")]
+        return HasF16c::get();
+        #[cfg(not(target_arch = "x86_64"))]
+        return ();
+    }
+
+    /// F16C's `vcvtph2ps` where the CPU has it, else [`f16_widen_v3_integer`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn widen_v3(simd: V3, extras: Extras, bits: __m128i) -> __m256 {
+        match extras {
+            Some(f16c) => f16c.widen(simd, bits),
+            None => f16_widen_v3_integer(simd, bits),
+        }
+    }
+
+    /// F16C's `vcvtps2ph` where the CPU has it, else [`f16_narrow_v3_integer`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn narrow_v3(simd: V3, extras: Extras, values: __m256) -> __m128i {
+        match extras {
+            Some(f16c) => f16c.narrow(simd, values),
+            None => f16_narrow_v3_integer(simd, values),
         }
     }
 }
 
-/// f32 to bf16, compiled for each instruction set by pulp's dispatch.
-struct NarrowBf16<'a> {
-    values: &'a [f32],
-    into: &'a mut [half::bf16],
+/// Eight f16 widened by integer operations: the exponent rebiased; ±Inf and NaN (made quiet)
+/// given the largest exponent; zeros and subnormals through an exact float multiply.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn f16_widen_v3_integer(simd: V3, bits: __m128i) -> __m256 {
+    let (avx, avx2) = (simd.avx, simd.avx2);
+    let set = |value: i32| avx._mm256_set1_epi32(value);
+    let wide = avx2._mm256_cvtepu16_epi32(bits);
+    let sign = avx2._mm256_slli_epi32::<16>(avx2._mm256_and_si256(wide, set(0x8000)));
+    let magnitude = avx2._mm256_and_si256(wide, set(0x7FFF));
+    let shifted = avx2._mm256_slli_epi32::<13>(magnitude);
+    // Normal numbers: the exponent bias goes from 15 to 127.
+    let normal = avx2._mm256_add_epi32(shifted, set(112 << 23));
+    // ±Inf and NaN: the largest exponent, a NaN made quiet.
+    let special = avx2._mm256_or_si256(shifted, set(0x7F80_0000));
+    let is_nan = avx2._mm256_cmpgt_epi32(magnitude, set(0x7C00));
+    let special = avx2._mm256_or_si256(special, avx2._mm256_and_si256(is_nan, set(0x0040_0000)));
+    let is_special = avx2._mm256_cmpgt_epi32(magnitude, set(0x7BFF));
+    // Zeros and subnormals: the integer mantissa times 2⁻²⁴, exact.
+    let subnormal = avx._mm256_castps_si256(avx._mm256_mul_ps(
+        avx._mm256_cvtepi32_ps(magnitude),
+        avx._mm256_set1_ps(f32::from_bits(103 << 23)),
+    ));
+    let is_subnormal = avx2._mm256_cmpgt_epi32(set(0x0400), magnitude);
+    let value = avx2._mm256_blendv_epi8(normal, special, is_special);
+    let value = avx2._mm256_blendv_epi8(value, subnormal, is_subnormal);
+    avx._mm256_castsi256_ps(avx2._mm256_or_si256(value, sign))
 }
 
-impl pulp::WithSimd for NarrowBf16<'_> {
-    type Output = ();
+/// Eight f32 rounded to f16 by integer operations, to nearest, ties to even: on the integer
+/// bits for normal results (a carry gives the next exponent, and ±Inf from 65520 on), by
+/// adding 0.5 in f32 for subnormal ones (the sum's last bits are the f16 mantissa, rounded by
+/// the add); a NaN keeps its upper mantissa bits, made quiet.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn f16_narrow_v3_integer(simd: V3, values: __m256) -> __m128i {
+    let (avx, avx2) = (simd.avx, simd.avx2);
+    let set = |value: i32| avx._mm256_set1_epi32(value);
+    let bits = avx._mm256_castps_si256(values);
+    let sign = avx2._mm256_and_si256(avx2._mm256_srli_epi32::<16>(bits), set(0x8000));
+    let magnitude = avx2._mm256_and_si256(bits, set(0x7FFF_FFFF));
+    let last_kept = avx2._mm256_and_si256(avx2._mm256_srli_epi32::<13>(magnitude), set(1));
+    // magnitude − (112 << 23) + 0xFFF + last_kept, then the 13 dropped bits go.
+    let biased = avx2._mm256_add_epi32(magnitude, set(0xFFF - (112 << 23)));
+    let normal = avx2._mm256_srli_epi32::<13>(avx2._mm256_add_epi32(biased, last_kept));
+    let half = avx._mm256_set1_ps(0.5);
+    let subnormal = avx2._mm256_sub_epi32(
+        avx._mm256_castps_si256(avx._mm256_add_ps(avx._mm256_castsi256_ps(magnitude), half)),
+        set(0x3F00_0000),
+    );
+    let is_subnormal = avx2._mm256_cmpgt_epi32(set(0x3880_0000), magnitude);
+    let is_infinite = avx2._mm256_cmpgt_epi32(magnitude, set(0x477F_FFFF));
+    let is_nan = avx2._mm256_cmpgt_epi32(magnitude, set(0x7F80_0000));
+    let nan = avx2._mm256_or_si256(
+        avx2._mm256_and_si256(avx2._mm256_srli_epi32::<13>(magnitude), set(0x03FF)),
+        set(0x7E00),
+    );
+    let value = avx2._mm256_blendv_epi8(normal, subnormal, is_subnormal);
+    let value = avx2._mm256_blendv_epi8(value, set(0x7C00), is_infinite);
+    let value = avx2._mm256_blendv_epi8(value, nan, is_nan);
+    pack_v3(simd, avx2._mm256_or_si256(value, sign))
+}
 
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        for (narrow, &wide) in self.into.iter_mut().zip(self.values) {
-            *narrow = half::bf16::from_bits(f32_to_bf16(wide));
-        }
-    }
+/// Eight 32-bit lanes holding 16-bit values, packed in order into 128 bits.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn pack_v3(simd: V3, values: std::arch::x86_64::__m256i) -> __m128i {
+    // `packus` packs within each 128-bit half ([0..4, 0..4 | 4..8, 4..8] as 64-bit pieces
+    // 0, 1, 2, 3); pieces 0 and 2 hold the eight values in order.
+    let packed = simd.avx2._mm256_packus_epi32(values, values);
+    let ordered = simd.avx2._mm256_permute4x64_epi64::<0b00_00_10_00>(packed);
+    simd.avx._mm256_castsi256_si128(ordered)
 }
 
 /// A bf16's bits as f32: shifted into the upper half; a NaN is made quiet.
@@ -96,124 +244,294 @@ fn f32_to_bf16(value: f32) -> u16 {
     (if is_nan { upper | 0x0040 } else { rounded }) as u16
 }
 
-/// Elements converted per chunk (whole rows, at least one).
-const CHUNK_ELEMENTS: usize = 1 << 13;
+/// The AVX2 token when the kernels run on AVX2 (a type comparison the compiler resolves).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_v3<S: Simd>(simd: S) -> Option<V3> {
+    (&simd as &dyn std::any::Any).downcast_ref::<V3>().copied()
+}
 
-/// The layer as the f32 kernels see it: the parameters are f32 already.
-fn wide<H: HalfElement>(layer: Layer<'_, H>) -> Layer<'_, f32> {
-    Layer {
-        dim: layer.dim,
-        gain: layer.gain,
-        bias: layer.bias,
-        centered: layer.centered,
-        eps: f64::from(layer.eps),
-        // The f32 rows are a chunk buffer, read back at once.
-        stores: Stores::Cached,
+/// Lanes of an f32 vector on `S`.
+#[inline(always)]
+fn lanes<S: Simd>() -> usize {
+    size_of::<S::f32s>() / size_of::<f32>()
+}
+
+/// One vector's values widened.
+#[inline(always)]
+fn widen_chunk<H: HalfElement, S: Simd>(simd: S, extras: Extras, chunk: &[H]) -> S::f32s {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v3) = as_v3(simd) {
+        let bits: __m128i = bytemuck::pod_read_unaligned(bytemuck::cast_slice(chunk));
+        return bytemuck::cast(H::widen_v3(v3, extras, bits));
+    }
+    let _ = extras;
+    widen_partial(simd, chunk)
+}
+
+/// `values` (at most a vector) widened into the first lanes, zeros elsewhere: lane by lane.
+#[inline(always)]
+fn widen_partial<H: HalfElement, S: Simd>(simd: S, values: &[H]) -> S::f32s {
+    let mut vector = simd.splat_f32s(0.0);
+    let lanes: &mut [f32] = bytemuck::cast_slice_mut(std::slice::from_mut(&mut vector));
+    for (lane, &value) in lanes.iter_mut().zip(values) {
+        *lane = value.widen_one();
+    }
+    vector
+}
+
+/// The first `values.len()` lanes of `vector` rounded into `values`, lane by lane.
+#[inline(always)]
+fn narrow_partial<H: HalfElement, S: Simd>(values: &mut [H], vector: S::f32s) {
+    let lanes: &[f32] = bytemuck::cast_slice(std::slice::from_ref(&vector));
+    for (value, &lane) in values.iter_mut().zip(lanes) {
+        *value = H::narrow_one(lane);
     }
 }
 
-/// Forward pass over whole rows of half data; see `scalar::forward_rows`.
-pub(crate) fn forward_rows<H: HalfElement>(job: ForwardRows<'_, H>) {
-    let (layer, x, out, mut stats) = (job.layer, job.x, job.out, job.stats);
-    let dim = layer.dim;
-    let wide_layer = wide(layer);
-    let chunk_rows = (CHUNK_ELEMENTS / dim).max(1);
-    let mut x_wide = vec![0.0f32; chunk_rows * dim];
-    let mut out_wide = vec![0.0f32; chunk_rows * dim];
-    let (mut means, mut inv_stds) = (vec![0.0f64; chunk_rows], vec![0.0f64; chunk_rows]);
-    for (chunk, out_chunk) in out.chunks_mut(chunk_rows * dim).enumerate() {
-        let rows = out_chunk.len() / dim;
-        let (x_wide, out_wide) = (
-            &mut x_wide[..out_chunk.len()],
-            &mut out_wide[..out_chunk.len()],
-        );
-        match x {
-            Some(x) => H::widen(&x[chunk * chunk_rows * dim..][..out_chunk.len()], x_wide),
-            None => H::widen(out_chunk, x_wide),
-        }
-        simd::forward_rows(ForwardRows {
-            layer: wide_layer,
-            x: Some(x_wide),
-            out: out_wide,
-            stats: Some(RowStatsOut {
-                mean: &mut means[..rows],
-                inv_std: &mut inv_stds[..rows],
-            }),
-        });
-        H::narrow(out_wide, out_chunk);
-        if let Some(stats) = stats.as_mut() {
-            let first = chunk * chunk_rows;
-            for row in 0..rows {
-                stats.mean[first + row] = means[row] as f32;
-                stats.inv_std[first + row] = inv_stds[row] as f32;
+/// One vector rounded into `chunk` (a whole vector's values).
+#[inline(always)]
+fn narrow_chunk<H: HalfElement, S: Simd>(
+    simd: S,
+    (stores, extras): (Stores, Extras),
+    chunk: &mut [H],
+    vector: S::f32s,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v3) = as_v3(simd) {
+        let bits: [u16; 8] = bytemuck::cast(H::narrow_v3(v3, extras, bytemuck::cast(vector)));
+        let target: &mut [u16; 8] = bytemuck::cast_slice_mut::<H, u16>(chunk)
+            .try_into()
+            .expect("eight values per AVX2 vector");
+        store(stores, target, bits);
+        return;
+    }
+    let _ = (simd, stores, extras);
+    narrow_partial::<H, S>(chunk, vector);
+}
+
+macro_rules! half_storage {
+    ($half:ty) => {
+        impl Storage for $half {
+            type Wide = f32;
+            /// The row's values, a whole number of vectors.
+            type Vectors<'a, S: Simd> = HalfVectors<'a, $half>;
+            type VectorsMut<'a, S: Simd> = HalfVectorsMut<'a, $half>;
+            const AT_MOST_AVX2: bool = true;
+
+            fn wide_layer(layer: Layer<'_, Self>) -> Layer<'_, f32> {
+                Layer {
+                    dim: layer.dim,
+                    gain: layer.gain,
+                    bias: layer.bias,
+                    centered: layer.centered,
+                    eps: f64::from(layer.eps),
+                    stores: layer.stores,
+                }
+            }
+            #[inline(always)]
+            fn stat_to_f64(value: f32) -> f64 {
+                f64::from(value)
+            }
+            #[inline(always)]
+            fn stat_from_f64(value: f64) -> f32 {
+                value as f32
+            }
+            #[inline(always)]
+            fn widen(value: Self) -> f32 {
+                value.widen_one()
+            }
+            #[inline(always)]
+            fn split<S: Simd>(values: &[Self]) -> (Self::Vectors<'_, S>, &[Self]) {
+                let (values, tail) = values.split_at(values.len() / lanes::<S>() * lanes::<S>());
+                let extras = Self::extras();
+                (HalfVectors { values, extras }, tail)
+            }
+            #[inline(always)]
+            fn split_mut<S: Simd>(values: &mut [Self]) -> (Self::VectorsMut<'_, S>, &mut [Self]) {
+                let full = values.len() / lanes::<S>() * lanes::<S>();
+                let (values, tail) = values.split_at_mut(full);
+                let extras = Self::extras();
+                (HalfVectorsMut { values, extras }, tail)
+            }
+            #[inline(always)]
+            fn count<S: Simd>(vectors: &Self::Vectors<'_, S>) -> usize {
+                vectors.values.len() / lanes::<S>()
+            }
+            #[inline(always)]
+            fn count_mut<S: Simd>(vectors: &Self::VectorsMut<'_, S>) -> usize {
+                vectors.values.len() / lanes::<S>()
+            }
+            #[inline(always)]
+            fn first<'a, S: Simd>(
+                vectors: Self::Vectors<'a, S>,
+                len: usize,
+            ) -> Self::Vectors<'a, S> {
+                HalfVectors {
+                    values: &vectors.values[..len * lanes::<S>()],
+                    ..vectors
+                }
+            }
+            #[inline(always)]
+            fn first_mut<'a, S: Simd>(
+                vectors: Self::VectorsMut<'a, S>,
+                len: usize,
+            ) -> Self::VectorsMut<'a, S> {
+                HalfVectorsMut {
+                    values: &mut vectors.values[..len * lanes::<S>()],
+                    extras: vectors.extras,
+                }
+            }
+            #[inline(always)]
+            fn load<S: Simd>(simd: S, vectors: &Self::Vectors<'_, S>, k: usize) -> S::f32s {
+                let lanes = lanes::<S>();
+                widen_chunk(simd, vectors.extras, &vectors.values[k * lanes..][..lanes])
+            }
+            #[inline(always)]
+            fn load_mut<S: Simd>(simd: S, vectors: &Self::VectorsMut<'_, S>, k: usize) -> S::f32s {
+                let lanes = lanes::<S>();
+                widen_chunk(simd, vectors.extras, &vectors.values[k * lanes..][..lanes])
+            }
+            #[inline(always)]
+            fn store<S: Simd>(
+                simd: S,
+                stores: Stores,
+                vectors: &mut Self::VectorsMut<'_, S>,
+                k: usize,
+                vector: S::f32s,
+            ) {
+                let lanes = lanes::<S>();
+                let chunk = &mut vectors.values[k * lanes..][..lanes];
+                narrow_chunk(simd, (stores, vectors.extras), chunk, vector);
+            }
+            #[inline(always)]
+            fn load_partial<S: Simd>(simd: S, values: &[Self]) -> S::f32s {
+                widen_partial(simd, values)
+            }
+            #[inline(always)]
+            fn store_partial<S: Simd>(_simd: S, values: &mut [Self], vector: S::f32s) {
+                narrow_partial::<Self, S>(values, vector);
+            }
+
+            fn forward_fallback(
+                layer: Layer<'_, f32>,
+                x: Option<&[Self]>,
+                out: &mut [Self],
+                stats: Option<RowStatsOut<'_, f32>>,
+            ) {
+                forward_fallback(layer, x, out, stats);
+            }
+
+            fn backward_fallback(
+                layer: Layer<'_, f32>,
+                x_and_dy: (&[Self], &[Self]),
+                mean_and_inv_std: (f64, f64),
+                dx: &mut [Self],
+                gain_sums: Option<&mut [f64]>,
+            ) {
+                backward_fallback(layer, x_and_dy, mean_and_inv_std, dx, gain_sums);
             }
         }
+    };
+}
+
+half_storage!(half::f16);
+half_storage!(half::bf16);
+
+/// Values widened to f32, into a new buffer (fallback rows only).
+fn widened<H: HalfElement>(values: &[H]) -> Vec<f32> {
+    values.iter().map(|&value| value.widen_one()).collect()
+}
+
+/// Rows the fast path hands back: widened, computed by the scalar specification as the f32
+/// kernels compute their own fallback rows (f64 statistics), rounded to half once.
+fn forward_fallback<H: HalfElement>(
+    layer: Layer<'_, f32>,
+    x: Option<&[H]>,
+    out: &mut [H],
+    stats: Option<RowStatsOut<'_, f32>>,
+) {
+    let x_wide = widened(x.unwrap_or(out));
+    let mut out_wide = vec![0.0f32; out.len()];
+    let rows = out.len() / layer.dim;
+    let (mut means, mut inv_stds) = (vec![0.0f64; rows], vec![0.0f64; rows]);
+    scalar::forward_rows(ForwardRows {
+        layer,
+        x: Some(&x_wide),
+        out: &mut out_wide,
+        stats: Some(RowStatsOut {
+            mean: &mut means,
+            inv_std: &mut inv_stds,
+        }),
+    });
+    for (value, &wide) in out.iter_mut().zip(&out_wide) {
+        *value = H::narrow_one(wide);
+    }
+    if let Some(stats) = stats {
+        for (narrow, &wide) in stats.mean.iter_mut().zip(&means) {
+            *narrow = wide as f32;
+        }
+        for (narrow, &wide) in stats.inv_std.iter_mut().zip(&inv_stds) {
+            *narrow = wide as f32;
+        }
     }
 }
 
-/// Backward pass over whole rows of half data; see `scalar::backward_rows`. Chunks are whole
-/// multiples of the f32 kernel's folding period, so the sums come out as from one call.
-pub(crate) fn backward_rows<H: HalfElement>(job: BackwardJob<'_, H>) {
-    let (rows, BackwardOut { dx, dsum, sums }) = (job.rows, job.out);
-    let dim = rows.layer.dim;
-    let wide_layer = wide(rows.layer);
-    let chunk_rows = (CHUNK_ELEMENTS / dim)
-        .max(1)
-        .next_multiple_of(simd::FOLD_ROWS);
-    let chunk = chunk_rows * dim;
-    let (mut x, mut dy, mut dx_wide) = (
-        vec![0.0f32; chunk],
-        vec![0.0f32; chunk],
-        vec![0.0f32; chunk],
-    );
-    let (mut means, mut inv_stds) = (vec![0.0f64; chunk_rows], vec![0.0f64; chunk_rows]);
-    let mut sums_gain = sums.gain.as_ref().map(|_| vec![0.0f64; dim]);
-    let mut sums_bias = sums.bias.as_ref().map(|_| vec![0.0f64; dim]);
-    let mut scratch = Vec::new();
-    for (index, dx_chunk) in dx.chunks_mut(chunk).enumerate() {
-        let count = dx_chunk.len() / dim;
-        let first = index * chunk_rows;
-        let part = rows.rows_range(first, first + count);
-        let (x, dy, dx_wide) = (
-            &mut x[..dx_chunk.len()],
-            &mut dy[..dx_chunk.len()],
-            &mut dx_wide[..dx_chunk.len()],
-        );
-        H::widen(part.x, x);
-        H::widen(part.dy, dy);
-        for (wide, &narrow) in means.iter_mut().zip(part.means) {
-            *wide = f64::from(narrow);
-        }
-        for (wide, &narrow) in inv_stds.iter_mut().zip(part.inv_stds) {
-            *wide = f64::from(narrow);
-        }
-        let wide_job = BackwardJob {
-            rows: BackwardRows {
-                layer: wide_layer,
-                x,
-                dy,
-                means: &means[..count],
-                inv_stds: &inv_stds[..count],
+/// One row's backward pass the fast path hands back, as [`forward_fallback`] does.
+fn backward_fallback<H: HalfElement>(
+    layer: Layer<'_, f32>,
+    (x, dy): (&[H], &[H]),
+    (mean, inv_std): (f64, f64),
+    dx: &mut [H],
+    gain_sums: Option<&mut [f64]>,
+) {
+    let (x_wide, dy_wide) = (widened(x), widened(dy));
+    let mut dx_wide = vec![0.0f32; dx.len()];
+    scalar::backward_rows(BackwardJob {
+        rows: BackwardRows {
+            layer,
+            x: &x_wide,
+            dy: &dy_wide,
+            means: &[mean],
+            inv_stds: &[inv_std],
+        },
+        out: BackwardOut {
+            dx: &mut dx_wide,
+            dsum: None,
+            sums: GradSums {
+                gain: gain_sums,
+                bias: None,
             },
-            out: BackwardOut {
-                dx: dx_wide,
-                dsum: None,
-                sums: GradSums {
-                    gain: sums_gain.as_deref_mut(),
-                    bias: sums_bias.as_deref_mut(),
-                },
-            },
-        };
-        simd::backward_rows(wide_job, &mut scratch);
-        H::narrow(dx_wide, dx_chunk);
-        if let Some(dsum) = dsum {
-            add_into(dx_chunk, &dsum[first * dim..][..dx_chunk.len()]);
-        }
+        },
+    });
+    for (value, &wide) in dx.iter_mut().zip(&dx_wide) {
+        *value = H::narrow_one(wide);
     }
-    for (partial, sums) in [(sums.gain, sums_gain), (sums.bias, sums_bias)] {
-        if let (Some(partial), Some(sums)) = (partial, sums) {
-            for (total, sum) in partial.iter_mut().zip(sums) {
-                *total += sum as f32;
+}
+
+/// Backward pass over whole rows of half data; see `scalar::backward_rows`. The kernels sum the
+/// parameter gradients in f64 for the whole job; each total is rounded to f32 once and added
+/// to the job's sums (the driver splits half jobs only at whole gradient blocks).
+pub(crate) fn backward_rows<H: HalfElement + Storage<Wide = f32>>(job: BackwardJob<'_, H>) {
+    let BackwardJob { rows, out } = job;
+    let dim = rows.layer.dim;
+    let mut gain_totals = out.sums.gain.as_ref().map(|_| vec![0.0f64; dim]);
+    let mut bias_totals = out.sums.bias.as_ref().map(|_| vec![0.0f64; dim]);
+    let mut scratch = Vec::new();
+    super::simd::backward_rows(Backward {
+        rows,
+        dx: out.dx,
+        dsum: out.dsum,
+        totals: GradSums {
+            gain: gain_totals.as_deref_mut(),
+            bias: bias_totals.as_deref_mut(),
+        },
+        scratch: &mut scratch,
+    });
+    for (partial, totals) in [(out.sums.gain, gain_totals), (out.sums.bias, bias_totals)] {
+        if let (Some(partial), Some(totals)) = (partial, totals) {
+            for (sum, total) in partial.iter_mut().zip(totals) {
+                *sum += total as f32;
             }
         }
     }
@@ -221,19 +539,19 @@ pub(crate) fn backward_rows<H: HalfElement>(job: BackwardJob<'_, H>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{bf16_to_f32, f32_to_bf16};
-    use half::bf16;
+    use super::{bf16_to_f32, f32_to_bf16, HalfElement};
+    use half::{bf16, f16};
+    #[cfg(target_arch = "x86_64")]
+    use {
+        pulp::x86::V3,
+        std::arch::x86_64::{__m128i, __m256},
+    };
 
-    /// Every bf16, and f32 values across the whole bit range (every 4099th pattern, plus the
-    /// ones around rounding ties, ±0, ±Inf, NaNs and the largest values): the same bits as the
-    /// `half` crate's conversions.
-    #[test]
-    fn bf16_conversions_match_the_half_crate() {
-        for bits in 0..=u16::MAX {
-            let expected = bf16::from_bits(bits).to_f32().to_bits();
-            assert_eq!(bf16_to_f32(bits).to_bits(), expected, "bf16 {bits:#06x}");
-        }
-        let ties = (0..=u16::MAX).flat_map(|upper| {
+    /// f32 values across the whole bit range: around every rounding tie of bf16 and of f16
+    /// (the f16 ones in every exponent, subnormal results included), every 4099th pattern,
+    /// ±0, ±Inf, NaNs and the largest values.
+    fn f32_patterns() -> impl Iterator<Item = u32> {
+        let bf16_ties = (0..=u16::MAX).flat_map(|upper| {
             let base = u32::from(upper) << 16;
             [
                 base,
@@ -242,6 +560,20 @@ mod tests {
                 base | 0x8001,
                 base | 0xFFFF,
             ]
+        });
+        // f16 keeps 10 of f32's 23 mantissa bits (fewer for subnormal results): ties at every
+        // dropped-bit position, around each, for every exponent.
+        let f16_ties = (0..512u32).flat_map(|sign_exponent| {
+            (0..24).flat_map(move |position| {
+                let base = (sign_exponent << 23) | (0x2A5 << 13);
+                let tie = 1u32 << position;
+                [
+                    base | tie,
+                    (base | tie) - 1,
+                    base | tie | 1,
+                    base | (tie << 1) | tie,
+                ]
+            })
         });
         let spread = (0..=u32::MAX).step_by(4099);
         let special = [
@@ -252,12 +584,100 @@ mod tests {
             f32::NAN,
             -0.0,
             0.0,
+            65504.0,
+            65519.996,
+            65520.0,
+            -65520.0,
+            6.1035156e-5,
+            5.9604645e-8,
+            2.9802322e-8,
+            2.9802326e-8,
         ]
         .map(f32::to_bits);
-        for bits in ties.chain(spread).chain(special) {
+        bf16_ties.chain(f16_ties).chain(spread).chain(special)
+    }
+
+    /// Every bf16, and the f32 patterns: the same bits as the `half` crate's conversions.
+    #[test]
+    fn bf16_conversions_match_the_half_crate() {
+        for bits in 0..=u16::MAX {
+            let expected = bf16::from_bits(bits).to_f32().to_bits();
+            assert_eq!(bf16_to_f32(bits).to_bits(), expected, "bf16 {bits:#06x}");
+        }
+        for bits in f32_patterns() {
             let value = f32::from_bits(bits);
             let expected = bf16::from_f32(value).to_bits();
             assert_eq!(f32_to_bf16(value), expected, "f32 {bits:#010x}");
         }
+    }
+
+    /// Eight-at-a-time conversions on AVX2 against the `half` crate's `to_f32` and `from_f32`
+    /// (where the CPU has AVX2): every half value, and the f32 patterns.
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_conversions_match(
+        widen: impl Fn(V3, __m128i) -> __m256,
+        narrow: impl Fn(V3, __m256) -> __m128i,
+        to_f32: fn(u16) -> f32,
+        from_f32: fn(f32) -> u16,
+    ) {
+        let Some(simd) = V3::try_new() else {
+            return;
+        };
+        let halves: Vec<u16> = (0..=u16::MAX).collect();
+        for chunk in halves.chunks_exact(8) {
+            let bits: [u16; 8] = chunk.try_into().unwrap();
+            let wide: [f32; 8] = bytemuck::cast(widen(simd, bytemuck::cast(bits)));
+            for (&half, &wide) in chunk.iter().zip(&wide) {
+                assert_eq!(wide.to_bits(), to_f32(half).to_bits(), "half {half:#06x}");
+            }
+        }
+        let patterns: Vec<u32> = f32_patterns().collect();
+        for chunk in patterns.chunks(8) {
+            let mut values = [0.0f32; 8];
+            for (value, &bits) in values.iter_mut().zip(chunk) {
+                *value = f32::from_bits(bits);
+            }
+            let narrow: [u16; 8] = bytemuck::cast(narrow(simd, bytemuck::cast(values)));
+            for (&value, &narrow) in values.iter().zip(&narrow).take(chunk.len()) {
+                let expected = from_f32(value);
+                assert_eq!(narrow, expected, "f32 {:#010x}", value.to_bits());
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_bf16_conversions_match_the_half_crate() {
+        avx2_conversions_match(
+            |simd, bits| bf16::widen_v3(simd, None, bits),
+            |simd, values| bf16::narrow_v3(simd, None, values),
+            |bits| bf16::from_bits(bits).to_f32(),
+            |value| bf16::from_f32(value).to_bits(),
+        );
+    }
+
+    /// Through F16C where the CPU has it.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_f16_conversions_match_the_half_crate() {
+        let f16c = f16::extras();
+        avx2_conversions_match(
+            |simd, bits| f16::widen_v3(simd, f16c, bits),
+            |simd, values| f16::narrow_v3(simd, f16c, values),
+            |bits| f16::from_bits(bits).to_f32(),
+            |value| f16::from_f32(value).to_bits(),
+        );
+    }
+
+    /// The integer conversions, used where the CPU lacks F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_f16_integer_conversions_match_the_half_crate() {
+        avx2_conversions_match(
+            super::f16_widen_v3_integer,
+            super::f16_narrow_v3_integer,
+            |bits| f16::from_bits(bits).to_f32(),
+            |value| f16::from_f32(value).to_bits(),
+        );
     }
 }

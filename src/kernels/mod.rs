@@ -9,6 +9,8 @@
 //! ±Inf, overflowing squares); `simd` is the fast path for `f32` and `f64`, the same bits on
 //! every instruction set; `half` widens f16 and bf16 to f32 for the SIMD kernels.
 
+#[cfg(all(feature = "half", target_arch = "x86_64"))]
+mod f16c;
 #[cfg(feature = "half")]
 pub(crate) mod half;
 pub(crate) mod scalar;

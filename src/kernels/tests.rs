@@ -8,7 +8,7 @@
 //! For f64 the specification's plain f64 mean is itself off by ~ulp(|μ|)/σ of the scale, so
 //! the allowance grows with the row's offset.
 
-use super::simd::{Backward, SimdFloat};
+use super::simd::{Backward, SimdFloat, Storage};
 use super::{
     scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
     Stores,
@@ -35,14 +35,20 @@ fn instruction_sets() -> Vec<(&'static str, pulp::Arch)> {
     sets
 }
 
-fn ulp_of<T: SimdFloat>(magnitude: f64) -> f64 {
+fn ulp_of<T: SimdFloat + Storage>(magnitude: f64) -> f64 {
     T::epsilon().to_stat() * magnitude.abs().max(f64::MIN_POSITIVE)
 }
 
 /// Checks `fast` against `spec` row by row, within `ulps` of each row's natural scale: the
 /// size of the terms the result is computed from, so that results that cancel to nearly zero
 /// are judged by the precision of what cancelled.
-fn assert_rows_close<T: SimdFloat>(what: &str, fast: &[T], spec: &[T], scales: &[f64], ulps: f64) {
+fn assert_rows_close<T: SimdFloat + Storage>(
+    what: &str,
+    fast: &[T],
+    spec: &[T],
+    scales: &[f64],
+    ulps: f64,
+) {
     let dim = fast.len() / scales.len();
     for (row, (fast_row, spec_row)) in fast.chunks(dim).zip(spec.chunks(dim)).enumerate() {
         let scale = scales[row];
@@ -63,7 +69,7 @@ struct Data<T> {
     bias: Vec<T>,
 }
 
-fn data<T: SimdFloat>(rng: &mut StdRng, len: usize, dim: usize, offset: f64) -> Data<T> {
+fn data<T: SimdFloat + Storage>(rng: &mut StdRng, len: usize, dim: usize, offset: f64) -> Data<T> {
     let mut values = |len: usize, center: f64, spread: f64| -> Vec<T> {
         (0..len)
             .map(|_| T::from_stat(center + spread * rng.random_range(-1.0..1.0)))
@@ -77,7 +83,7 @@ fn data<T: SimdFloat>(rng: &mut StdRng, len: usize, dim: usize, offset: f64) -> 
     }
 }
 
-fn check_type<T: SimdFloat>(ulps_at_zero_offset: f64, offsets: &[f64]) {
+fn check_type<T: SimdFloat + Storage>(ulps_at_zero_offset: f64, offsets: &[f64]) {
     let mut rng = StdRng::seed_from_u64(5);
     for (name, arch) in instruction_sets() {
         for dim in LENGTHS.into_iter().flatten() {
@@ -119,7 +125,7 @@ fn check_type<T: SimdFloat>(ulps_at_zero_offset: f64, offsets: &[f64]) {
 }
 
 /// Forward of `x` (`None`: in place in `out`) on `arch`, or by the specification.
-fn forward<T: SimdFloat>(
+fn forward<T: SimdFloat + Storage>(
     arch: Option<pulp::Arch>,
     layer: Layer<'_, T>,
     x: Option<&[T]>,
@@ -138,7 +144,7 @@ fn forward<T: SimdFloat>(
     }
 }
 
-fn check_forward<T: SimdFloat>(
+fn check_forward<T: SimdFloat + Storage>(
     arch: pulp::Arch,
     x: &[T],
     layer: Layer<'_, T>,
@@ -198,23 +204,25 @@ fn check_forward<T: SimdFloat>(
 }
 
 /// Backward on `arch`, or by the specification.
-fn backward<T: SimdFloat>(
+fn backward<T: SimdFloat + Storage>(
     arch: Option<pulp::Arch>,
     rows: BackwardRows<'_, T>,
     dx: &mut [T],
     dsum: Option<&[T]>,
     sums: GradSums<'_, f64>,
 ) {
-    let job = BackwardJob {
-        rows,
-        out: BackwardOut { dx, dsum, sums },
-    };
     match arch {
         Some(arch) => arch.dispatch(Backward {
-            job,
+            rows,
+            dx,
+            dsum,
+            totals: sums,
             scratch: &mut Vec::new(),
         }),
-        None => scalar::backward_rows(job),
+        None => scalar::backward_rows(BackwardJob {
+            rows,
+            out: BackwardOut { dx, dsum, sums },
+        }),
     }
 }
 
@@ -225,7 +233,7 @@ fn both_sums<'a>(gain: &'a mut [f64], bias: &'a mut [f64]) -> GradSums<'a, f64> 
     }
 }
 
-fn check_backward<T: SimdFloat>(
+fn check_backward<T: SimdFloat + Storage>(
     arch: pulp::Arch,
     x: &[T],
     dy: &[T],
@@ -409,7 +417,7 @@ fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
 
 /// Everything one instruction set computes for `x`: forward out of place (y, means, inv_stds),
 /// in place, and backward (dx, gain sums, bias sums), as bit patterns.
-fn all_results<T: SimdFloat>(
+fn all_results<T: SimdFloat + Storage>(
     arch: pulp::Arch,
     x: &[T],
     dy: &[T],
@@ -453,7 +461,7 @@ fn all_results<T: SimdFloat>(
 /// The same bits on every instruction set: each one's results equal the scalar path's bit for
 /// bit, on every length from 1 to 130 and around 1024, at three alignments, with and without
 /// parameters, for LayerNorm and RmsNorm, and on rows that take the exact fallback.
-fn check_same_bits<T: SimdFloat>(offsets: &[f64]) {
+fn check_same_bits<T: SimdFloat + Storage>(offsets: &[f64]) {
     let mut rng = StdRng::seed_from_u64(9);
     let sets = instruction_sets();
     for dim in LENGTHS.into_iter().flatten() {
@@ -542,5 +550,184 @@ fn the_instruction_set_cap_is_read_from_its_name() {
             format!("{:?}", capped_arch(Some("avx2"))),
             format!("{:?}", pulp::Arch::V3(v3))
         );
+    }
+}
+
+/// Half rows: on every instruction set (and both store paths), y, the statistics, in-place y,
+/// dx and the parameter-gradient totals are the f32 kernels' results on the rows widened to
+/// f32, rounded once (y, dx to half; statistics to f32; totals unrounded f64), bit for bit, on
+/// every length from 1 to 130 and around 1024, at three alignments, with fallback rows.
+#[cfg(feature = "half")]
+mod half_rows {
+    use super::*;
+    use crate::kernels::half::HalfElement;
+
+    /// Every result of a half layer, as bits: `arch = None` runs the f32 kernels on the
+    /// widened rows (scalar instruction set) and rounds their results.
+    fn results<H: HalfElement + Storage<Wide = f32>>(
+        arch: Option<pulp::Arch>,
+        x: &[H],
+        dy: &[H],
+        layer: Layer<'_, H>,
+    ) -> Vec<Vec<u64>> {
+        let (dim, rows) = (layer.dim, x.len() / layer.dim);
+        let half_bits = |values: &[H]| -> Vec<u64> {
+            values
+                .iter()
+                .map(|v| v.widen_one().to_bits().into())
+                .collect()
+        };
+        let f32_bits =
+            |values: &[f32]| -> Vec<u64> { values.iter().map(|v| v.to_bits().into()).collect() };
+        let f64_bits =
+            |values: &[f64]| -> Vec<u64> { values.iter().map(|v| v.to_bits()).collect() };
+        let (mut means, mut inv_stds) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+        let (mut gain_totals, mut bias_totals) = (vec![0.0f64; dim], vec![0.0f64; dim]);
+        let (y, in_place, dx) = match arch {
+            Some(arch) => {
+                let mut y = vec![H::narrow_one(0.0); x.len()];
+                let stats = RowStatsOut {
+                    mean: &mut means,
+                    inv_std: &mut inv_stds,
+                };
+                arch.dispatch(ForwardRows {
+                    layer,
+                    x: Some(x),
+                    out: &mut y,
+                    stats: Some(stats),
+                });
+                let mut in_place = x.to_vec();
+                arch.dispatch(ForwardRows {
+                    layer,
+                    x: None,
+                    out: &mut in_place,
+                    stats: None,
+                });
+                let mut dx = y.clone();
+                let rows_in = BackwardRows {
+                    layer,
+                    x,
+                    dy,
+                    means: &means,
+                    inv_stds: &inv_stds,
+                };
+                arch.dispatch(Backward {
+                    rows: rows_in,
+                    dx: &mut dx,
+                    dsum: None,
+                    totals: both_sums(&mut gain_totals, &mut bias_totals),
+                    scratch: &mut Vec::new(),
+                });
+                (half_bits(&y), half_bits(&in_place), half_bits(&dx))
+            }
+            None => {
+                let wide = H::wide_layer(layer);
+                let widen =
+                    |values: &[H]| -> Vec<f32> { values.iter().map(|v| v.widen_one()).collect() };
+                let (x_wide, dy_wide) = (widen(x), widen(dy));
+                let narrow = |values: &[f32]| -> Vec<H> {
+                    values.iter().map(|&v| H::narrow_one(v)).collect()
+                };
+                let (mut wide_means, mut wide_inv_stds) = (vec![0.0f64; rows], vec![0.0f64; rows]);
+                let mut y = vec![0.0f32; x.len()];
+                let stats = RowStatsOut {
+                    mean: &mut wide_means,
+                    inv_std: &mut wide_inv_stds,
+                };
+                forward(
+                    Some(pulp::Arch::Scalar),
+                    wide,
+                    Some(&x_wide),
+                    &mut y,
+                    Some(stats),
+                );
+                for row in 0..rows {
+                    means[row] = wide_means[row] as f32;
+                    inv_stds[row] = wide_inv_stds[row] as f32;
+                }
+                let saved: Vec<(f64, f64)> = (0..rows)
+                    .map(|row| (f64::from(means[row]), f64::from(inv_stds[row])))
+                    .collect();
+                let (saved_means, saved_inv_stds): (Vec<f64>, Vec<f64>) = saved.into_iter().unzip();
+                let mut dx = vec![0.0f32; x.len()];
+                let rows_in = BackwardRows {
+                    layer: wide,
+                    x: &x_wide,
+                    dy: &dy_wide,
+                    means: &saved_means,
+                    inv_stds: &saved_inv_stds,
+                };
+                let sums = both_sums(&mut gain_totals, &mut bias_totals);
+                backward(Some(pulp::Arch::Scalar), rows_in, &mut dx, None, sums);
+                let y = half_bits(&narrow(&y));
+                (y.clone(), y, half_bits(&narrow(&dx)))
+            }
+        };
+        vec![
+            y,
+            f32_bits(&means),
+            f32_bits(&inv_stds),
+            in_place,
+            dx,
+            f64_bits(&gain_totals),
+            f64_bits(&bias_totals),
+        ]
+    }
+
+    fn check<H: HalfElement + Storage<Wide = f32>>() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let sets = instruction_sets();
+        let mut cases: Vec<(usize, Vec<f32>, Vec<f32>)> = Vec::new();
+        for dim in LENGTHS.into_iter().flatten() {
+            for &start in &OFFSETS {
+                let data = data::<f32>(&mut rng, start + ROWS * dim, dim, 0.0);
+                cases.push((dim, data.x[start..].to_vec(), data.dy[start..].to_vec()));
+            }
+        }
+        for dim in [5, 37, 300, 1000] {
+            let (x, _) = mixed_rows(dim);
+            let dy = (0..x.len()).map(|i| (i % 7) as f32 - 3.0).collect();
+            cases.push((dim, x, dy));
+        }
+        for (dim, x, dy) in cases {
+            let x: Vec<H> = x.iter().map(|&v| H::narrow_one(v)).collect();
+            let dy: Vec<H> = dy.iter().map(|&v| H::narrow_one(v)).collect();
+            let gain: Vec<f32> = (0..dim).map(|i| 1.0 + (i % 5) as f32 / 8.0).collect();
+            let bias: Vec<f32> = (0..dim).map(|i| (i % 3) as f32 / 4.0 - 0.25).collect();
+            for (gain, bias, centered) in [
+                (Some(&gain[..]), Some(&bias[..]), true),
+                (None, None, true),
+                (Some(&gain[..]), None, false),
+            ] {
+                let layer = Layer {
+                    dim,
+                    gain,
+                    bias,
+                    centered,
+                    eps: 1e-5,
+                    stores: Stores::Cached,
+                };
+                let reference = results(None, &x, &dy, layer);
+                for &(name, arch) in &sets {
+                    for stores in [Stores::Cached, Stores::streaming()] {
+                        let layer = Layer { stores, ..layer };
+                        assert!(
+                            results(Some(arch), &x, &dy, layer) == reference,
+                            "{name} {stores:?}: dim {dim} centered {centered}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_rows_give_the_f32_kernels_results_rounded_once_on_every_instruction_set() {
+        check::<half::f16>();
+    }
+
+    #[test]
+    fn bf16_rows_give_the_f32_kernels_results_rounded_once_on_every_instruction_set() {
+        check::<half::bf16>();
     }
 }

@@ -5,32 +5,39 @@
 //! The body is compiled once per combination of gain and wanted gradients ([`BackwardBody`],
 //! const generics), so that no loop tests for any of them.
 
-use super::{Normalizer, RowStats, SimdFloat, FOLD_ROWS};
-use crate::kernels::stream::{store, Stores};
-use crate::kernels::{add_into, scalar, BackwardJob, BackwardOut, GradSums};
+use super::storage::WideVector;
+use super::{Normalizer, RowStats, SimdFloat, Storage, FOLD_ROWS};
+use crate::element::Element;
+use crate::kernels::stream::Stores;
+use crate::kernels::{add_into, BackwardRows, GradSums};
+use num_traits::Zero;
 use pulp::{Simd, WithSimd};
 
-/// A backward job and the kernel's working memory (short partial sums in the data type,
-/// grown once and reused across calls), dispatched once per call.
-pub(crate) struct Backward<'a, T: SimdFloat> {
-    pub(crate) job: BackwardJob<'a, T>,
-    pub(crate) scratch: &'a mut Vec<T>,
+/// A backward call: its inputs, `dx` (and `dsum`), the parameter-gradient totals (f64, one
+/// row of `dim` for the whole call) and the kernel's working memory (short partial sums in
+/// the compute type, grown once and reused across calls), dispatched once per call.
+pub(crate) struct Backward<'a, E: Storage> {
+    pub(crate) rows: BackwardRows<'a, E>,
+    pub(crate) dx: &'a mut [E],
+    pub(crate) dsum: Option<&'a [E]>,
+    pub(crate) totals: GradSums<'a, f64>,
+    pub(crate) scratch: &'a mut Vec<E::Wide>,
 }
 
-impl<T: SimdFloat> WithSimd for Backward<'_, T> {
+impl<E: Storage> WithSimd for Backward<'_, E> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         // One body per combination of gain and wanted gradients: no loop tests for them.
-        let sums = &self.job.out.sums;
+        let totals = &self.totals;
         with_flags!(
             [
-                self.job.rows.layer.gain.is_some(),
-                sums.gain.is_some(),
-                sums.bias.is_some()
+                self.rows.layer.gain.is_some(),
+                totals.gain.is_some(),
+                totals.bias.is_some()
             ],
-            |V| backward_all::<T, S, V>(simd, self)
+            |V| backward_all::<E, S, V>(simd, self)
         )
     }
 }
@@ -45,25 +52,30 @@ flags_trait!(
 /// rows the fast path cannot do exactly go to the scalar specification (their `dyᵢ` still
 /// reaches `dbias` through the same sums as every other row's, so `dbias` never depends on x).
 #[inline(always)]
-fn backward_all<T: SimdFloat, S: Simd, V: BackwardBody>(simd: S, backward: Backward<'_, T>) {
-    let (rows, out, scratch) = (backward.job.rows, backward.job.out, backward.scratch);
-    let (dx, dsum) = (out.dx, out.dsum);
-    let (mut partial_gain, mut partial_bias) = (out.sums.gain, out.sums.bias);
-    let layer = rows.layer;
+fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backward<'_, E>) {
+    type T<E> = <E as Storage>::Wide;
+    let (rows, scratch) = (backward.rows, backward.scratch);
+    let (dx, dsum) = (backward.dx, backward.dsum);
+    let (mut partial_gain, mut partial_bias) = (backward.totals.gain, backward.totals.bias);
+    let layer = E::wide_layer(rows.layer);
     let dim = layer.dim;
     scratch.clear();
-    scratch.resize(2 * dim, T::zero());
+    scratch.resize(2 * dim, T::<E>::zero());
     let (gain_sums, bias_sums) = scratch.split_at_mut(dim);
     let n = dim as f64;
-    let (gain_head, gain_tail) = layer.gain.map_or((&[][..], &[][..]), T::split::<S>);
-    let fast_row = |row: usize| -> Option<GradRow<'_, T, S>> {
-        let (mean, inv_std) = (rows.means.get(row)?, rows.inv_stds[row]);
-        backward_fast_path_is_safe::<T>(*mean, inv_std, n, layer.eps).then(|| {
+    let (gain_head, gain_tail) = layer.gain.map_or((&[][..], &[][..]), <T<E>>::split::<S>);
+    let stats_of = |row: usize| {
+        let mean = E::stat_to_f64(*rows.means.get(row)?);
+        Some((mean, E::stat_to_f64(rows.inv_stds[row])))
+    };
+    let fast_row = |row: usize| -> Option<GradRow<'_, E, S>> {
+        let (mean, inv_std) = stats_of(row)?;
+        backward_fast_path_is_safe::<T<E>>(mean, inv_std, n, layer.eps).then(|| {
             let range = row * dim..(row + 1) * dim;
             GradRow::new(
                 &rows.x[range.clone()],
                 &rows.dy[range],
-                RowStats::from_f64(*mean, inv_std),
+                RowStats::from_f64(mean, inv_std),
                 layer.centered,
             )
         })
@@ -77,9 +89,9 @@ fn backward_all<T: SimdFloat, S: Simd, V: BackwardBody>(simd: S, backward: Backw
             Some(current) => {
                 let sums = match pending.take() {
                     Some(sums) => sums,
-                    None => grad_sums::<T, S, V>(simd, current, (gain_head, gain_tail)),
+                    None => grad_sums::<E, S, V>(simd, current, (gain_head, gain_tail)),
                 };
-                pending = backward_row::<T, S, V>(
+                pending = backward_row::<E, S, V>(
                     simd,
                     current,
                     sums,
@@ -94,22 +106,19 @@ fn backward_all<T: SimdFloat, S: Simd, V: BackwardBody>(simd: S, backward: Backw
                 );
             }
             None => {
-                let single = rows.rows_range(row, row + 1);
+                let range = row * dim..(row + 1) * dim;
+                let (x_row, dy_row) = (&rows.x[range.clone()], &rows.dy[range]);
                 let gain = partial_gain.is_some().then(|| {
                     fallback_gain
                         .get_or_insert_with(|| vec![0.0; dim])
                         .as_mut_slice()
                 });
-                scalar::backward_rows(BackwardJob {
-                    rows: single,
-                    out: BackwardOut {
-                        dx: dx_row,
-                        dsum: None,
-                        sums: GradSums { gain, bias: None },
-                    },
-                });
+                let row_stats = stats_of(row).expect("a statistic for every row");
+                E::backward_fallback(layer, (x_row, dy_row), row_stats, dx_row, gain);
                 if V::BIAS_GRAD {
-                    add_into(bias_sums, single.dy);
+                    for (sum, &dy) in bias_sums.iter_mut().zip(dy_row) {
+                        *sum = *sum + E::widen(dy);
+                    }
                 }
             }
         }
@@ -130,25 +139,36 @@ fn backward_all<T: SimdFloat, S: Simd, V: BackwardBody>(simd: S, backward: Backw
 }
 
 /// One row of the backward pass, as full vectors and a partial tail.
-#[derive(Clone, Copy)]
-struct GradRow<'a, T: SimdFloat, S: Simd> {
-    x: &'a [T::Vector<S>],
-    dy: &'a [T::Vector<S>],
-    x_tail: &'a [T],
-    dy_tail: &'a [T],
-    stats: RowStats<T>,
+struct GradRow<'a, E: Storage, S: Simd> {
+    x: E::Vectors<'a, S>,
+    dy: E::Vectors<'a, S>,
+    /// Full vectors in a row.
+    len: usize,
+    x_tail: &'a [E],
+    dy_tail: &'a [E],
+    stats: RowStats<E::Wide>,
     /// False for RmsNorm rows: no mean(g) term.
     centered: bool,
 }
 
-impl<'a, T: SimdFloat, S: Simd> GradRow<'a, T, S> {
+impl<E: Storage, S: Simd> Clone for GradRow<'_, E, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E: Storage, S: Simd> Copy for GradRow<'_, E, S> {}
+
+impl<'a, E: Storage, S: Simd> GradRow<'a, E, S> {
     #[inline(always)]
-    fn new(x: &'a [T], dy: &'a [T], stats: RowStats<T>, centered: bool) -> Self {
-        let (x, x_tail) = T::split::<S>(x);
-        let (dy, dy_tail) = T::split::<S>(dy);
+    fn new(x: &'a [E], dy: &'a [E], stats: RowStats<E::Wide>, centered: bool) -> Self {
+        let (x, x_tail) = E::split::<S>(x);
+        let (dy, dy_tail) = E::split::<S>(dy);
+        let len = E::count::<S>(&x);
         GradRow {
             x,
-            dy: &dy[..x.len()],
+            dy: E::first(dy, len),
+            len,
             x_tail,
             dy_tail,
             stats,
@@ -167,20 +187,22 @@ struct RowSums {
 
 /// Pass A of one row alone: its [`RowSums`].
 #[inline(always)]
-fn grad_sums<T: SimdFloat, S: Simd, V: BackwardBody>(
+fn grad_sums<E: Storage, S: Simd, V: BackwardBody>(
     simd: S,
-    row: GradRow<'_, T, S>,
-    (gain, gain_tail): (&[T::Vector<S>], &[T]),
+    row: GradRow<'_, E, S>,
+    (gain, gain_tail): (&[WideVector<E, S>], &[E::Wide]),
 ) -> RowSums {
-    let hi = T::splat(simd, row.stats.hi);
-    let (sum_g, sum_g_deviation) = sum_and_dot!(T, simd, row.x.len(), |k| {
+    type T<E> = <E as Storage>::Wide;
+    let hi = T::<E>::splat(simd, row.stats.hi);
+    let (sum_g, sum_g_deviation) = sum_and_dot!(T<E>, simd, row.len, |k| {
+        let dy = E::load(simd, &row.dy, k);
         let g = if V::HAS_GAIN {
-            T::mul_vectors(simd, gain[k], row.dy[k])
+            T::<E>::mul_vectors(simd, gain[k], dy)
         } else {
-            row.dy[k]
+            dy
         };
-        (g, g, T::sub_vectors(simd, row.x[k], hi))
-    }, tail: row.x_tail.len() => tail_terms::<T, S, V>(simd, &row, gain_tail, hi));
+        (g, g, T::<E>::sub_vectors(simd, E::load(simd, &row.x, k), hi))
+    }, tail: row.x_tail.len() => tail_terms::<E, S, V>(simd, &row, gain_tail, hi));
     RowSums {
         sum_g,
         sum_g_deviation,
@@ -189,22 +211,23 @@ fn grad_sums<T: SimdFloat, S: Simd, V: BackwardBody>(
 
 /// Pass A's terms for a row's last, partial vector: `(g, g, x − hi)`, as for full vectors.
 #[inline(always)]
-fn tail_terms<T: SimdFloat, S: Simd, V: BackwardBody>(
+fn tail_terms<E: Storage, S: Simd, V: BackwardBody>(
     simd: S,
-    row: &GradRow<'_, T, S>,
-    gain_tail: &[T],
-    hi: T::Vector<S>,
-) -> (T::Vector<S>, T::Vector<S>, T::Vector<S>) {
-    let dy = T::load_partial(simd, row.dy_tail);
+    row: &GradRow<'_, E, S>,
+    gain_tail: &[E::Wide],
+    hi: WideVector<E, S>,
+) -> (WideVector<E, S>, WideVector<E, S>, WideVector<E, S>) {
+    type T<E> = <E as Storage>::Wide;
+    let dy = E::load_partial(simd, row.dy_tail);
     let g = if V::HAS_GAIN {
-        T::mul_vectors(simd, T::load_partial(simd, gain_tail), dy)
+        T::<E>::mul_vectors(simd, T::<E>::load_partial(simd, gain_tail), dy)
     } else {
         dy
     };
     (
         g,
         g,
-        T::sub_vectors(simd, T::load_partial(simd, row.x_tail), hi),
+        T::<E>::sub_vectors(simd, E::load_partial(simd, row.x_tail), hi),
     )
 }
 
@@ -219,21 +242,25 @@ struct InputGrad<V> {
 impl<V: Copy> InputGrad<V> {
     /// From the row's reductions.
     #[inline(always)]
-    fn new<T: SimdFloat<Vector<S> = V>, S: Simd>(
-        simd: S,
-        row: GradRow<'_, T, S>,
-        sums: RowSums,
-    ) -> Self {
+    fn new<E: Storage, S: Simd>(simd: S, row: GradRow<'_, E, S>, sums: RowSums) -> Self
+    where
+        E::Wide: SimdFloat<Vector<S> = V>,
+    {
+        type T<E> = <E as Storage>::Wide;
         let stats = row.stats;
-        let n = (size_of_val(row.x) / size_of::<T>() + row.x_tail.len()) as f64;
+        let lanes = size_of::<V>() / size_of::<T<E>>();
+        let n = (row.len * lanes + row.x_tail.len()) as f64;
         // Σ g·x̂ = r · (Σ g·(x − hi) − lo · Σ g).
         let g_x_hat = stats.inv_std * (sums.sum_g_deviation - stats.lo.to_stat() * sums.sum_g);
         let mean_g = if row.centered { sums.sum_g / n } else { 0.0 };
         let mean_g_x_hat = g_x_hat / n;
         InputGrad {
-            normalizer: Normalizer::new::<T, S>(simd, &stats),
-            mean_g: T::splat(simd, T::from_stat(mean_g)),
-            neg_r_mean_g_x_hat: T::splat(simd, T::from_stat(-stats.inv_std * mean_g_x_hat)),
+            normalizer: Normalizer::new::<T<E>, S>(simd, &stats),
+            mean_g: T::<E>::splat(simd, T::<E>::from_stat(mean_g)),
+            neg_r_mean_g_x_hat: T::<E>::splat(
+                simd,
+                T::<E>::from_stat(-stats.inv_std * mean_g_x_hat),
+            ),
         }
     }
 
@@ -250,84 +277,83 @@ impl<V: Copy> InputGrad<V> {
     }
 }
 
-/// A row's outputs: `dx`, and the parameter-gradient sums it adds to (data type).
-struct RowOut<'a, T> {
-    dx: &'a mut [T],
-    gain_sums: &'a mut [T],
-    bias_sums: &'a mut [T],
+/// A row's outputs: `dx`, and the parameter-gradient sums it adds to (compute type).
+struct RowOut<'a, E: Storage> {
+    dx: &'a mut [E],
+    gain_sums: &'a mut [E::Wide],
+    bias_sums: &'a mut [E::Wide],
     stores: Stores,
 }
 
 /// Pass B over a row's full vectors: the gain it reads, the outputs it writes.
-struct PassB<'a, V> {
-    gain: &'a [V],
+struct PassB<'a, E: Storage, S: Simd> {
+    gain: &'a [WideVector<E, S>],
     stores: Stores,
-    dx: &'a mut [V],
-    gain_sums: &'a mut [V],
-    bias_sums: &'a mut [V],
+    dx: E::VectorsMut<'a, S>,
+    gain_sums: &'a mut [WideVector<E, S>],
+    bias_sums: &'a mut [WideVector<E, S>],
 }
 
 /// Pass B for vector `k`: `dx[k]`, and `dy·x̂`, `dy` added into the sums that are wanted.
 #[inline(always)]
-fn grad_at<T: SimdFloat, S: Simd, V: BackwardBody>(
+fn grad_at<E: Storage, S: Simd, V: BackwardBody>(
     simd: S,
     k: usize,
-    x: T::Vector<S>,
-    dy: T::Vector<S>,
-    input_grad: &InputGrad<T::Vector<S>>,
-    out: &mut PassB<'_, T::Vector<S>>,
+    x: WideVector<E, S>,
+    dy: WideVector<E, S>,
+    input_grad: &InputGrad<WideVector<E, S>>,
+    out: &mut PassB<'_, E, S>,
 ) {
-    let x_hat = input_grad.normalizer.x_hat::<T, S>(simd, x);
+    type T<E> = <E as Storage>::Wide;
+    let x_hat = input_grad.normalizer.x_hat::<T<E>, S>(simd, x);
     let g = if V::HAS_GAIN {
-        T::mul_vectors(simd, out.gain[k], dy)
+        T::<E>::mul_vectors(simd, out.gain[k], dy)
     } else {
         dy
     };
-    store(
-        out.stores,
-        &mut out.dx[k],
-        input_grad.dx::<T, S>(simd, g, x_hat),
-    );
+    let dx = input_grad.dx::<T<E>, S>(simd, g, x_hat);
+    E::store(simd, out.stores, &mut out.dx, k, dx);
     if V::GAIN_GRAD {
-        out.gain_sums[k] = T::mul_add_vectors(simd, dy, x_hat, out.gain_sums[k]);
+        out.gain_sums[k] = T::<E>::mul_add_vectors(simd, dy, x_hat, out.gain_sums[k]);
     }
     if V::BIAS_GRAD {
-        out.bias_sums[k] = T::add_vectors(simd, out.bias_sums[k], dy);
+        out.bias_sums[k] = T::<E>::add_vectors(simd, out.bias_sums[k], dy);
     }
 }
 
 /// Pass B of a row, fused with pass A of the next one when there is a next fast row (so that
 /// reading it overlaps writing this one); returns the next row's [`RowSums`].
 #[inline(always)]
-fn backward_row<T: SimdFloat, S: Simd, V: BackwardBody>(
+fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
     simd: S,
-    row: GradRow<'_, T, S>,
+    row: GradRow<'_, E, S>,
     sums: RowSums,
-    next: Option<GradRow<'_, T, S>>,
-    gain: Option<&[T]>,
-    out: RowOut<'_, T>,
+    next: Option<GradRow<'_, E, S>>,
+    gain: Option<&[E::Wide]>,
+    out: RowOut<'_, E>,
 ) -> Option<RowSums> {
+    type T<E> = <E as Storage>::Wide;
     let RowOut {
         dx,
         gain_sums,
         bias_sums,
         stores,
     } = out;
-    let (gain_head, gain_tail) = gain.map_or((&[][..], &[][..]), T::split::<S>);
-    let len = row.x.len();
+    let (gain_head, gain_tail) = gain.map_or((&[][..], &[][..]), <T<E>>::split::<S>);
+    let len = row.len;
     let gain_head = if V::HAS_GAIN {
         &gain_head[..len]
     } else {
         gain_head
     };
-    let input_grad = InputGrad::new::<T, S>(simd, row, sums);
-    let (dx_head, dx_tail) = T::split_mut::<S>(dx);
-    let (gain_sums_head, gain_sums_tail) = T::split_mut::<S>(gain_sums);
-    let (bias_sums_head, bias_sums_tail) = T::split_mut::<S>(bias_sums);
-    let mut out = PassB {
+    let input_grad = InputGrad::new::<E, S>(simd, row, sums);
+    let (dx_head, dx_tail) = E::split_mut::<S>(dx);
+    let (gain_sums_head, gain_sums_tail) = <T<E>>::split_mut::<S>(gain_sums);
+    let (bias_sums_head, bias_sums_tail) = <T<E>>::split_mut::<S>(bias_sums);
+    let mut out = PassB::<E, S> {
         gain: gain_head,
         stores,
-        dx: &mut dx_head[..len],
+        dx: E::first_mut(dx_head, len),
         gain_sums: if V::GAIN_GRAD {
             &mut gain_sums_head[..len]
         } else {
@@ -341,23 +367,25 @@ fn backward_row<T: SimdFloat, S: Simd, V: BackwardBody>(
     };
     // Pass B at vector `k`.
     macro_rules! pass_b {
-        ($k:expr) => {
-            grad_at::<T, S, V>(simd, $k, row.x[$k], row.dy[$k], &input_grad, &mut out)
-        };
+        ($k:expr) => {{
+            let (x, dy) = (E::load(simd, &row.x, $k), E::load(simd, &row.dy, $k));
+            grad_at::<E, S, V>(simd, $k, x, dy, &input_grad, &mut out)
+        }};
     }
     let next_sums = match next {
         Some(next) => {
-            let (next_x, next_dy) = (&next.x[..len], &next.dy[..len]);
-            let next_hi = T::splat(simd, next.stats.hi);
-            let (sum_g, sum_g_deviation) = sum_and_dot!(T, simd, len, |k| {
+            let (next_x, next_dy) = (E::first(next.x, len), E::first(next.dy, len));
+            let next_hi = T::<E>::splat(simd, next.stats.hi);
+            let (sum_g, sum_g_deviation) = sum_and_dot!(T<E>, simd, len, |k| {
                 pass_b!(k);
+                let dy = E::load(simd, &next_dy, k);
                 let g = if V::HAS_GAIN {
-                    T::mul_vectors(simd, gain_head[k], next_dy[k])
+                    T::<E>::mul_vectors(simd, gain_head[k], dy)
                 } else {
-                    next_dy[k]
+                    dy
                 };
-                (g, g, T::sub_vectors(simd, next_x[k], next_hi))
-            }, tail: next.x_tail.len() => tail_terms::<T, S, V>(simd, &next, gain_tail, next_hi));
+                (g, g, T::<E>::sub_vectors(simd, E::load(simd, &next_x, k), next_hi))
+            }, tail: next.x_tail.len() => tail_terms::<E, S, V>(simd, &next, gain_tail, next_hi));
             Some(RowSums {
                 sum_g,
                 sum_g_deviation,
@@ -373,25 +401,25 @@ fn backward_row<T: SimdFloat, S: Simd, V: BackwardBody>(
     if !dx_tail.is_empty() {
         let x_hat = input_grad
             .normalizer
-            .x_hat::<T, S>(simd, T::load_partial(simd, row.x_tail));
-        let dy = T::load_partial(simd, row.dy_tail);
+            .x_hat::<T<E>, S>(simd, E::load_partial(simd, row.x_tail));
+        let dy = E::load_partial(simd, row.dy_tail);
         let g = if V::HAS_GAIN {
-            T::mul_vectors(simd, T::load_partial(simd, gain_tail), dy)
+            T::<E>::mul_vectors(simd, T::<E>::load_partial(simd, gain_tail), dy)
         } else {
             dy
         };
-        T::store_partial(simd, dx_tail, input_grad.dx::<T, S>(simd, g, x_hat));
+        E::store_partial(simd, dx_tail, input_grad.dx::<T<E>, S>(simd, g, x_hat));
         if V::GAIN_GRAD {
-            let sum = T::load_partial(simd, gain_sums_tail);
-            T::store_partial(
+            let sum = T::<E>::load_partial(simd, gain_sums_tail);
+            T::<E>::store_partial(
                 simd,
                 gain_sums_tail,
-                T::mul_add_vectors(simd, dy, x_hat, sum),
+                T::<E>::mul_add_vectors(simd, dy, x_hat, sum),
             );
         }
         if V::BIAS_GRAD {
-            let sum = T::load_partial(simd, bias_sums_tail);
-            T::store_partial(simd, bias_sums_tail, T::add_vectors(simd, sum, dy));
+            let sum = T::<E>::load_partial(simd, bias_sums_tail);
+            T::<E>::store_partial(simd, bias_sums_tail, T::<E>::add_vectors(simd, sum, dy));
         }
     }
     next_sums

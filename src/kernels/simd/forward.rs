@@ -4,11 +4,12 @@
 //! The body is compiled once per combination of in-place, gain and bias ([`ForwardBody`], const
 //! generics), so that no loop tests for any of them.
 
+use super::storage::WideVector;
 use super::{
-    finish_stats, first_shift, row_stats_from, Normalizer, RowStats, SimdFloat, StatsStep,
+    finish_stats, first_shift, row_stats_from, Normalizer, RowStats, SimdFloat, StatsStep, Storage,
 };
-use crate::kernels::stream::store;
-use crate::kernels::{scalar, ForwardRows, Layer, RowStatsOut};
+use crate::kernels::{ForwardRows, Layer, RowStatsOut};
+use num_traits::{Float, One, Zero};
 use pulp::{Simd, WithSimd};
 
 /// Rows of at most this many bytes are "short": their statistics are computed in blocks.
@@ -17,7 +18,7 @@ const SHORT_ROW_BYTES: usize = 1024;
 /// Short rows whose statistics are computed together.
 const SHORT_ROW_BLOCK: usize = 16;
 
-impl<T: SimdFloat> WithSimd for ForwardRows<'_, T> {
+impl<E: Storage> WithSimd for ForwardRows<'_, E> {
     type Output = ();
 
     #[inline(always)]
@@ -28,7 +29,7 @@ impl<T: SimdFloat> WithSimd for ForwardRows<'_, T> {
                 self.layer.gain.is_some(),
                 self.layer.bias.is_some()
             ],
-            |V| forward_all::<T, S, V>(simd, self)
+            |V| forward_all::<E, S, V>(simd, self)
         )
     }
 }
@@ -58,12 +59,14 @@ impl<T> Next<T> {
 
 /// The forward pass over all rows of the job.
 #[inline(always)]
-fn forward_all<T: SimdFloat, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_, T>) {
-    let (layer, x, out, mut stats) = (job.layer, job.x, job.out, job.stats);
+fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_, E>) {
+    type T<E> = <E as Storage>::Wide;
+    let (x, out, mut stats) = (job.x, job.out, job.stats);
+    let layer = E::wide_layer(job.layer);
     let dim = layer.dim;
     let rows = out.len() / dim;
     let centered = layer.centered;
-    if dim * size_of::<T>() <= SHORT_ROW_BYTES {
+    if dim * size_of::<T<E>>() <= SHORT_ROW_BYTES {
         // Short rows: a row's statistics are a short chain of dependent steps, so those of
         // several rows are computed together (independent chains overlap), then the rows are
         // written. Consecutive short rows are one stream for the hardware prefetcher.
@@ -73,13 +76,13 @@ fn forward_all<T: SimdFloat, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<
             for (offset, slot) in block_stats[..count].iter_mut().enumerate() {
                 let range = (first + offset) * dim..(first + offset + 1) * dim;
                 *slot =
-                    stats_of_row::<T, S>(simd, x.map_or(&out[range.clone()], |x| &x[range]), layer);
+                    stats_of_row::<E, S>(simd, x.map_or(&out[range.clone()], |x| &x[range]), layer);
             }
             for (offset, row_stats) in block_stats[..count].iter().enumerate() {
                 let row = first + offset;
                 let range = row * dim..(row + 1) * dim;
                 let row_io = (x.map(|x| &x[range.clone()]), &mut out[range]);
-                write_row::<T, S, V>(simd, row_io, *row_stats, layer, &mut stats, row);
+                write_row::<E, S, V>(simd, row_io, *row_stats, layer, &mut stats, row);
             }
         }
         return;
@@ -97,19 +100,19 @@ fn forward_all<T: SimdFloat, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<
         let current_stats = match pending {
             Next::Known(row_stats) => Some(row_stats),
             Next::Fallback => None,
-            Next::Unknown => stats_of_row::<T, S>(simd, x_row.unwrap_or(out_row), layer),
+            Next::Unknown => stats_of_row::<E, S>(simd, x_row.unwrap_or(out_row), layer),
         };
         pending = Next::Unknown;
-        let next: Option<&[T]> = match x {
+        let next: Option<&[E]> = match x {
             Some(x) => x.get(range.end..range.end + dim),
             None => later.get(..dim),
         };
         let shift = next
-            .map(|next| first_shift::<T, S>(simd, next, centered))
+            .map(|next| first_shift::<E, S>(simd, next, centered))
             .filter(|shift| shift.is_finite());
         // Without statistics for this row, or a next row to overlap with, the row alone.
         let (Some(row_stats_now), Some(next), Some(shift)) = (current_stats, next, shift) else {
-            write_row::<T, S, V>(
+            write_row::<E, S, V>(
                 simd,
                 (x_row, out_row),
                 current_stats,
@@ -119,8 +122,8 @@ fn forward_all<T: SimdFloat, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<
             );
             continue;
         };
-        record_stats(&mut stats, row, row_stats_now);
-        let (sum, sum_of_squares) = normalize_row_and_sum_next::<T, S, V>(
+        record_stats::<E>(&mut stats, row, row_stats_now);
+        let (sum, sum_of_squares) = normalize_row_and_sum_next::<E, S, V>(
             simd,
             (x_row, out_row),
             row_stats_now,
@@ -130,7 +133,7 @@ fn forward_all<T: SimdFloat, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<
         );
         pending = match finish_stats(shift, sum, sum_of_squares, n, layer.eps, centered) {
             StatsStep::Done(next_stats) => Next::Known(next_stats),
-            StatsStep::Refine(better) => Next::from_stats(row_stats_from::<T, S>(
+            StatsStep::Refine(better) => Next::from_stats(row_stats_from::<E, S>(
                 simd, next, better, layer.eps, centered,
             )),
             StatsStep::Fallback => Next::Fallback,
@@ -140,13 +143,13 @@ fn forward_all<T: SimdFloat, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<
 
 /// A row's statistics by passes of their own, starting from the first estimate of its mean.
 #[inline(always)]
-fn stats_of_row<T: SimdFloat, S: Simd>(
+fn stats_of_row<E: Storage, S: Simd>(
     simd: S,
-    values: &[T],
-    layer: Layer<'_, T>,
-) -> Option<RowStats<T>> {
-    let shift = first_shift::<T, S>(simd, values, layer.centered);
-    row_stats_from::<T, S>(simd, values, shift, layer.eps, layer.centered)
+    values: &[E],
+    layer: Layer<'_, E::Wide>,
+) -> Option<RowStats<E::Wide>> {
+    let shift = first_shift::<E, S>(simd, values, layer.centered);
+    row_stats_from::<E, S>(simd, values, shift, layer.eps, layer.centered)
 }
 
 /// One row's input (`None` in place: the row is read from the output) and output.
@@ -154,35 +157,35 @@ type RowIo<'r, T> = (Option<&'r [T]>, &'r mut [T]);
 
 /// Stores a row's statistics when the caller asked for them.
 #[inline(always)]
-fn record_stats<T: SimdFloat>(
-    stats: &mut Option<RowStatsOut<'_, f64>>,
+fn record_stats<E: Storage>(
+    stats: &mut Option<RowStatsOut<'_, E::Stat>>,
     row: usize,
-    row_stats: RowStats<T>,
+    row_stats: RowStats<E::Wide>,
 ) {
     if let Some(stats) = stats.as_mut() {
-        stats.mean[row] = row_stats.mean;
-        stats.inv_std[row] = row_stats.inv_std;
+        stats.mean[row] = E::stat_from_f64(row_stats.mean);
+        stats.inv_std[row] = E::stat_from_f64(row_stats.inv_std);
     }
 }
 
 /// Writes one row from its statistics, or by the scalar specification when it has none.
 #[inline(always)]
-fn write_row<T: SimdFloat, S: Simd, V: ForwardBody>(
+fn write_row<E: Storage, S: Simd, V: ForwardBody>(
     simd: S,
-    (x_row, out_row): RowIo<'_, T>,
-    row_stats: Option<RowStats<T>>,
-    layer: Layer<'_, T>,
-    stats: &mut Option<RowStatsOut<'_, f64>>,
+    (x_row, out_row): RowIo<'_, E>,
+    row_stats: Option<RowStats<E::Wide>>,
+    layer: Layer<'_, E::Wide>,
+    stats: &mut Option<RowStatsOut<'_, E::Stat>>,
     row: usize,
 ) {
     match row_stats {
         Some(row_stats) => {
-            record_stats(stats, row, row_stats);
-            let normalizer = Normalizer::new::<T, S>(simd, &row_stats);
-            let head = RowHead::<T, S>::new::<V>(x_row, out_row, layer);
+            record_stats::<E>(stats, row, row_stats);
+            let normalizer = Normalizer::new::<E::Wide, S>(simd, &row_stats);
+            let mut head = RowHead::<E, S>::new::<V>(x_row, out_row, layer);
             for k in 0..head.len {
                 let y = head.y::<V>(simd, &normalizer, k);
-                store(layer.stores, &mut head.out[k], y);
+                E::store(simd, layer.stores, &mut head.out, k, y);
             }
             head.finish_tail(simd, &normalizer);
         }
@@ -191,12 +194,7 @@ fn write_row<T: SimdFloat, S: Simd, V: ForwardBody>(
                 mean: &mut stats.mean[row..row + 1],
                 inv_std: &mut stats.inv_std[row..row + 1],
             });
-            scalar::forward_rows(ForwardRows {
-                layer,
-                x: x_row,
-                out: out_row,
-                stats,
-            });
+            E::forward_fallback(layer, x_row, out_row, stats);
         }
     }
 }
@@ -205,27 +203,28 @@ fn write_row<T: SimdFloat, S: Simd, V: ForwardBody>(
 /// while summing the next row's deviations from `next_shift`, so that reading the next row
 /// overlaps writing this one. Returns the next row's sums, tail included.
 #[inline(always)]
-fn normalize_row_and_sum_next<T: SimdFloat, S: Simd, V: ForwardBody>(
+fn normalize_row_and_sum_next<E: Storage, S: Simd, V: ForwardBody>(
     simd: S,
-    (x_row, out_row): RowIo<'_, T>,
-    row_stats: RowStats<T>,
-    layer: Layer<'_, T>,
-    next: &[T],
-    next_shift: T,
+    (x_row, out_row): RowIo<'_, E>,
+    row_stats: RowStats<E::Wide>,
+    layer: Layer<'_, E::Wide>,
+    next: &[E],
+    next_shift: E::Wide,
 ) -> (f64, f64) {
-    let normalizer = Normalizer::new::<T, S>(simd, &row_stats);
-    let head = RowHead::<T, S>::new::<V>(x_row, out_row, layer);
+    type T<E> = <E as Storage>::Wide;
+    let normalizer = Normalizer::new::<T<E>, S>(simd, &row_stats);
+    let mut head = RowHead::<E, S>::new::<V>(x_row, out_row, layer);
     let len = head.len;
-    let (next_head, next_tail) = T::split::<S>(next);
-    let next_head = &next_head[..len];
-    let shift = T::splat(simd, next_shift);
-    let sums = sum_and_dot!(T, simd, len, |k| {
+    let (next_head, next_tail) = E::split::<S>(next);
+    let next_head = E::first(next_head, len);
+    let shift = T::<E>::splat(simd, next_shift);
+    let sums = sum_and_dot!(T<E>, simd, len, |k| {
         let y = head.y::<V>(simd, &normalizer, k);
-        store(layer.stores, &mut head.out[k], y);
-        let deviation = T::sub_vectors(simd, next_head[k], shift);
+        E::store(simd, layer.stores, &mut head.out, k, y);
+        let deviation = T::<E>::sub_vectors(simd, E::load(simd, &next_head, k), shift);
         (deviation, deviation, deviation)
     }, tail: next_tail.len() => {
-        let deviation = T::sub_vectors(simd, T::load_partial(simd, next_tail), shift);
+        let deviation = T::<E>::sub_vectors(simd, E::load_partial(simd, next_tail), shift);
         (deviation, deviation, deviation)
     });
     head.finish_tail(simd, &normalizer);
@@ -234,33 +233,44 @@ fn normalize_row_and_sum_next<T: SimdFloat, S: Simd, V: ForwardBody>(
 
 /// A row cut into full vectors (all of one length `len`, so that indexing them in the loops
 /// needs no bounds checks; empty where the layer has no such input) and a partial tail.
-struct RowHead<'r, T: SimdFloat, S: Simd> {
+struct RowHead<'r, E: Storage, S: Simd> {
     len: usize,
-    x: &'r [T::Vector<S>],
-    out: &'r mut [T::Vector<S>],
-    gain: &'r [T::Vector<S>],
-    bias: &'r [T::Vector<S>],
-    x_tail: Option<&'r [T]>,
-    out_tail: &'r mut [T],
-    gain_tail: Option<&'r [T]>,
-    bias_tail: Option<&'r [T]>,
+    x: E::Vectors<'r, S>,
+    out: E::VectorsMut<'r, S>,
+    gain: &'r [WideVector<E, S>],
+    bias: &'r [WideVector<E, S>],
+    x_tail: Option<&'r [E]>,
+    out_tail: &'r mut [E],
+    gain_tail: Option<&'r [E::Wide]>,
+    bias_tail: Option<&'r [E::Wide]>,
 }
 
-impl<'r, T: SimdFloat, S: Simd> RowHead<'r, T, S> {
+impl<'r, E: Storage, S: Simd> RowHead<'r, E, S> {
     #[inline(always)]
-    fn new<V: ForwardBody>(x: Option<&'r [T]>, out: &'r mut [T], layer: Layer<'r, T>) -> Self {
-        let (out, out_tail) = T::split_mut::<S>(out);
-        let len = out.len();
-        let head = |values: Option<&'r [T]>, wanted: bool| match values {
+    fn new<V: ForwardBody>(
+        x: Option<&'r [E]>,
+        out: &'r mut [E],
+        layer: Layer<'r, E::Wide>,
+    ) -> Self {
+        let (out, out_tail) = E::split_mut::<S>(out);
+        let len = E::count_mut::<S>(&out);
+        let out = E::first_mut(out, len);
+        let (x, x_tail) = match x {
+            Some(values) if !V::IN_PLACE => {
+                let (head, tail) = E::split::<S>(values);
+                (E::first(head, len), Some(tail))
+            }
+            _ => (E::split::<S>(&[]).0, None),
+        };
+        let parameter = |values: Option<&'r [E::Wide]>, wanted: bool| match values {
             Some(values) if wanted => {
-                let (head, tail) = T::split::<S>(values);
+                let (head, tail) = <E::Wide as SimdFloat>::split::<S>(values);
                 (&head[..len], Some(tail))
             }
             _ => (&[][..], None),
         };
-        let (x, x_tail) = head(x, !V::IN_PLACE);
-        let (gain, gain_tail) = head(layer.gain, V::HAS_GAIN);
-        let (bias, bias_tail) = head(layer.bias, V::HAS_BIAS);
+        let (gain, gain_tail) = parameter(layer.gain, V::HAS_GAIN);
+        let (bias, bias_tail) = parameter(layer.bias, V::HAS_BIAS);
         RowHead {
             len,
             x,
@@ -279,15 +289,20 @@ impl<'r, T: SimdFloat, S: Simd> RowHead<'r, T, S> {
     fn y<V: ForwardBody>(
         &self,
         simd: S,
-        normalizer: &Normalizer<T::Vector<S>>,
+        normalizer: &Normalizer<WideVector<E, S>>,
         k: usize,
-    ) -> T::Vector<S> {
-        let value = if V::IN_PLACE { self.out[k] } else { self.x[k] };
-        let x_hat = normalizer.x_hat::<T, S>(simd, value);
+    ) -> WideVector<E, S> {
+        type T<E> = <E as Storage>::Wide;
+        let value = if V::IN_PLACE {
+            E::load_mut(simd, &self.out, k)
+        } else {
+            E::load(simd, &self.x, k)
+        };
+        let x_hat = normalizer.x_hat::<T<E>, S>(simd, value);
         match (V::HAS_GAIN, V::HAS_BIAS) {
-            (true, true) => T::mul_add_vectors(simd, x_hat, self.gain[k], self.bias[k]),
-            (true, false) => T::mul_vectors(simd, x_hat, self.gain[k]),
-            (false, true) => T::add_vectors(simd, x_hat, self.bias[k]),
+            (true, true) => T::<E>::mul_add_vectors(simd, x_hat, self.gain[k], self.bias[k]),
+            (true, false) => T::<E>::mul_vectors(simd, x_hat, self.gain[k]),
+            (false, true) => T::<E>::add_vectors(simd, x_hat, self.bias[k]),
             (false, false) => x_hat,
         }
     }
@@ -295,19 +310,28 @@ impl<'r, T: SimdFloat, S: Simd> RowHead<'r, T, S> {
     /// The last, partial vector of the row: `out = gain · x̂ + bias` (one fused multiply-add
     /// with gain 1 and bias 0 where absent, which rounds as the full vectors do).
     #[inline(always)]
-    fn finish_tail(self, simd: S, normalizer: &Normalizer<T::Vector<S>>) {
+    fn finish_tail(self, simd: S, normalizer: &Normalizer<WideVector<E, S>>) {
+        type T<E> = <E as Storage>::Wide;
         let out_tail = self.out_tail;
         if out_tail.is_empty() {
             return;
         }
-        let x = T::load_partial(simd, self.x_tail.unwrap_or(out_tail));
-        let x_hat = normalizer.x_hat::<T, S>(simd, x);
+        let x = E::load_partial(simd, self.x_tail.unwrap_or(out_tail));
+        let x_hat = normalizer.x_hat::<T<E>, S>(simd, x);
         let gain = self
             .gain_tail
-            .map_or(T::splat(simd, T::one()), |g| T::load_partial(simd, g));
+            .map_or(T::<E>::splat(simd, T::<E>::one()), |g| {
+                T::<E>::load_partial(simd, g)
+            });
         let bias = self
             .bias_tail
-            .map_or(T::splat(simd, T::zero()), |b| T::load_partial(simd, b));
-        T::store_partial(simd, out_tail, T::mul_add_vectors(simd, x_hat, gain, bias));
+            .map_or(T::<E>::splat(simd, T::<E>::zero()), |b| {
+                T::<E>::load_partial(simd, b)
+            });
+        E::store_partial(
+            simd,
+            out_tail,
+            T::<E>::mul_add_vectors(simd, x_hat, gain, bias),
+        );
     }
 }

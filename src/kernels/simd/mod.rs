@@ -21,9 +21,10 @@
 //! specification, which works in f64 for f32 data; rows with NaN or ±Inf take that path too.
 //! Parameter gradients are summed over a few rows in the data type and folded into f64.
 
-use super::{BackwardJob, ForwardRows};
+use super::ForwardRows;
 use crate::element::Element;
 use bytemuck::Pod;
+use num_traits::{Float, Zero};
 use pulp::Simd;
 
 /// A float type with SIMD vectors in every pulp instruction set: the operations the kernels
@@ -244,6 +245,26 @@ fn halving_sum<T: SimdFloat, S: Simd>(simd: S, vector: T::Vector<S>) -> T {
 /// AVX-512, AVX2, NEON and the scalar path (one lane) perform the same additions.
 /// [`sum_and_dot!`] with `$n` accumulators (a literal, so that they are a fixed-size array
 /// the compiler keeps in registers).
+/// `$body` for each accumulator index `$a` in `0..$n`: spelled out for the register widths of
+/// AVX2 and AVX-512 (2 and 4 accumulators), so that the accumulators stay in registers however
+/// large the body (half-precision conversions make it large enough that the compiler stops
+/// unrolling a loop); a loop otherwise.
+macro_rules! for_each_accumulator {
+    (2, |$a:ident| $body:block) => {{
+        { let $a = 0; $body }
+        { let $a = 1; $body }
+    }};
+    (4, |$a:ident| $body:block) => {{
+        { let $a = 0; $body }
+        { let $a = 1; $body }
+        { let $a = 2; $body }
+        { let $a = 3; $body }
+    }};
+    ($n:literal, |$a:ident| $body:block) => {
+        for $a in 0..$n $body
+    };
+}
+
 macro_rules! sum_and_dot_with {
     ($n:literal, $float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr,
      tail: $tail:expr => $tail_terms:expr) => {{
@@ -263,12 +284,12 @@ macro_rules! sum_and_dot_with {
             let blocks_end = start + (end - start) / accumulators * accumulators;
             let mut group = start;
             while group < blocks_end {
-                for a in 0..accumulators {
+                for_each_accumulator!($n, |a| {
                     let $k = group + a;
                     let (sum, factor, other) = $terms;
                     sums[a] = <$float>::add_vectors(simd, sums[a], sum);
                     dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
-                }
+                });
                 group += accumulators;
             }
             // The last vectors of a period, and the partial vector (vector `count`, in this
@@ -377,21 +398,23 @@ impl<V: Copy> Normalizer<V> {
 /// off by more than σ/2 in 0.5 % of rows of independent values); a worse one is replaced by
 /// the refined mean (see [`finish_stats`]). Uncentered rows (RmsNorm) are summed around 0.
 #[inline(always)]
-fn first_shift<T: SimdFloat, S: Simd>(simd: S, row: &[T], centered: bool) -> T {
+fn first_shift<E: Storage, S: Simd>(simd: S, row: &[E], centered: bool) -> E::Wide {
+    type T<E> = <E as Storage>::Wide;
     if !centered {
-        return T::zero();
+        return T::<E>::zero();
     }
-    let lanes = T::LOGICAL_LANES;
+    let lanes = T::<E>::LOGICAL_LANES;
     if row.len() < lanes {
-        let sum: f64 = row.iter().map(|x| x.to_stat()).sum();
-        return T::from_stat(sum / row.len() as f64);
+        let sum: f64 = row.iter().map(|&x| E::widen(x).to_stat()).sum();
+        return T::<E>::from_stat(sum / row.len() as f64);
     }
-    let (sample, _) = T::split::<S>(&row[..lanes]);
-    let zero = T::splat(simd, T::zero());
-    let (sum, _) = sum_and_dot!(T, simd, sample.len(), |k| (sample[k], zero, zero), tail: 0 => {
+    let (sample, _) = E::split::<S>(&row[..lanes]);
+    let zero = T::<E>::splat(simd, T::<E>::zero());
+    let count = E::count::<S>(&sample);
+    let (sum, _) = sum_and_dot!(T<E>, simd, count, |k| (E::load(simd, &sample, k), zero, zero), tail: 0 => {
         (zero, zero, zero)
     });
-    T::from_stat(sum / lanes as f64)
+    T::<E>::from_stat(sum / lanes as f64)
 }
 
 /// What the sums of a row's deviations from a shift give.
@@ -440,25 +463,27 @@ fn finish_stats<T: SimdFloat>(
 /// the row needs the scalar specification (non-finite values, overflowing squares, squares in
 /// the subnormal range with a tiny ε, or no shift close enough to the mean).
 #[inline(always)]
-fn row_stats_from<T: SimdFloat, S: Simd>(
+fn row_stats_from<E: Storage, S: Simd>(
     simd: S,
-    row: &[T],
-    mut shift: T,
+    row: &[E],
+    mut shift: E::Wide,
     eps: f64,
     centered: bool,
-) -> Option<RowStats<T>> {
+) -> Option<RowStats<E::Wide>> {
+    type T<E> = <E as Storage>::Wide;
     let n = row.len() as f64;
-    let (head, tail) = T::split::<S>(row);
+    let (head, tail) = E::split::<S>(row);
+    let count = E::count::<S>(&head);
     for _ in 0..3 {
         if !shift.is_finite() {
             return None;
         }
-        let shift_vector = T::splat(simd, shift);
-        let (sum, sum_of_squares) = sum_and_dot!(T, simd, head.len(), |k| {
-            let deviation = T::sub_vectors(simd, head[k], shift_vector);
+        let shift_vector = T::<E>::splat(simd, shift);
+        let (sum, sum_of_squares) = sum_and_dot!(T<E>, simd, count, |k| {
+            let deviation = T::<E>::sub_vectors(simd, E::load(simd, &head, k), shift_vector);
             (deviation, deviation, deviation)
         }, tail: tail.len() => {
-            let deviation = T::sub_vectors(simd, T::load_partial(simd, tail), shift_vector);
+            let deviation = T::<E>::sub_vectors(simd, E::load_partial(simd, tail), shift_vector);
             (deviation, deviation, deviation)
         });
         match finish_stats(shift, sum, sum_of_squares, n, eps, centered) {
@@ -515,8 +540,10 @@ macro_rules! flags_trait {
 
 mod backward;
 mod forward;
+mod storage;
 
 pub(crate) use backward::Backward;
+pub(crate) use storage::Storage;
 
 /// The instruction set the kernels run on: the widest this CPU has, or at most the one named
 /// by the environment variable `LAYERNORM_MAX_ISA` (`scalar`, `avx2`, `avx512`, `neon`; read
@@ -536,17 +563,28 @@ pub(crate) fn capped_arch(cap: Option<&str>) -> pulp::Arch {
     }
 }
 
+/// The instruction set for `E`'s kernels: [`arch`], at most AVX2 where
+/// [`Storage::AT_MOST_AVX2`] says so.
+fn arch_for<E: Storage>() -> pulp::Arch {
+    match arch() {
+        #[cfg(target_arch = "x86_64")]
+        pulp::Arch::V4(_) if E::AT_MOST_AVX2 => {
+            pulp::x86::V3::try_new().map_or(pulp::Arch::Scalar, pulp::Arch::V3)
+        }
+        arch => arch,
+    }
+}
+
 /// Forward pass over whole rows on [`arch`]; see `scalar::forward_rows`.
-pub(crate) fn forward_rows<T: SimdFloat>(job: ForwardRows<'_, T>) {
+pub(crate) fn forward_rows<E: Storage>(job: ForwardRows<'_, E>) {
     let stores = job.layer.stores;
-    arch().dispatch(job);
+    arch_for::<E>().dispatch(job);
     stores.finish();
 }
 
-/// Backward pass over whole rows on [`arch`]; see `scalar::backward_rows`. `scratch` holds
-/// short partial sums between calls.
-pub(crate) fn backward_rows<T: SimdFloat>(job: BackwardJob<'_, T>, scratch: &mut Vec<T>) {
-    let stores = job.rows.layer.stores;
-    arch().dispatch(Backward { job, scratch });
+/// Backward pass over whole rows on [`arch`]; see `scalar::backward_rows`.
+pub(crate) fn backward_rows<E: Storage>(backward: Backward<'_, E>) {
+    let stores = backward.rows.layer.stores;
+    arch_for::<E>().dispatch(backward);
     stores.finish();
 }
