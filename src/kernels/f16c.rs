@@ -1,7 +1,7 @@
 //! The CPU's own f16 conversions (F16C: `vcvtph2ps`, `vcvtps2ph`) for the AVX2 kernels. pulp's
-//! AVX2 token does not include F16C, so the instructions are issued by `asm!` on 128-bit
-//! registers (which need no target feature in the calling function), after a run-time check
-//! that the CPU has them. Both give exactly the bits of the integer conversions in
+//! AVX2 token does not include F16C, so the instructions are issued by `asm!` (in functions that
+//! enable AVX, a subset of the AVX2 kernels' features, so that they are inlined there), after a
+//! run-time check that the CPU has them. Both give exactly the bits of the integer conversions in
 //! `kernels::half` and of the `half` crate (round to nearest, ties to even; NaN made quiet),
 //! which the tests there check for every f16 and for f32 values across their range.
 
@@ -9,7 +9,7 @@
 
 use pulp::x86::V3;
 use std::arch::asm;
-use std::arch::x86_64::{__m128, __m128i, __m256};
+use std::arch::x86_64::{__m128i, __m256};
 use std::sync::OnceLock;
 
 /// Proof that the CPU has F16C: the private field lets only [`HasF16c::get`], which checks,
@@ -28,52 +28,53 @@ impl HasF16c {
 
     /// Eight f16 values (the bits in `bits`) widened to f32.
     #[inline(always)]
-    pub(crate) fn widen(self, simd: V3, bits: __m128i) -> __m256 {
-        let high_bits = simd.sse2._mm_unpackhi_epi64(bits, bits);
-        let (low, high) = (self.widen4(bits), self.widen4(high_bits));
-        simd.avx._mm256_set_m128(high, low)
+    pub(crate) fn widen(self, _simd: V3, bits: __m128i) -> __m256 {
+        // SAFETY: the `V3` token proves the CPU has AVX, the only target feature `widen8`
+        // enables; `self` proves F16C, whose instruction its `asm!` issues.
+        unsafe { widen8(bits) }
     }
 
     /// Eight f32 values rounded to f16, to nearest (ties to even).
     #[inline(always)]
-    pub(crate) fn narrow(self, simd: V3, values: __m256) -> __m128i {
-        let low = self.narrow4(simd.avx._mm256_castps256_ps128(values));
-        let high = self.narrow4(simd.avx._mm256_extractf128_ps::<1>(values));
-        simd.sse2._mm_unpacklo_epi64(low, high)
+    pub(crate) fn narrow(self, _simd: V3, values: __m256) -> __m128i {
+        // SAFETY: as for `widen`: AVX from the `V3` token, F16C from `self`.
+        unsafe { narrow8(values) }
     }
+}
 
-    /// The four f16 values in the low 64 bits of `bits`, widened.
-    #[inline(always)]
-    fn widen4(self, bits: __m128i) -> __m128 {
-        let wide: __m128;
-        // SAFETY: `self` proves the CPU has F16C, whose `vcvtph2ps` (VEX.128) reads one
-        // register and writes one, touching no memory, stack or flags.
-        unsafe {
-            asm!(
-                "vcvtph2ps {wide}, {bits}",
-                wide = lateout(xmm_reg) wide,
-                bits = in(xmm_reg) bits,
-                options(pure, nomem, nostack, preserves_flags),
-            );
-        }
-        wide
+/// `vcvtph2ps ymm, xmm`. AVX is enabled for the 256-bit register operand (the function is
+/// inlined into the AVX2 kernels, whose features include it).
+#[target_feature(enable = "avx")]
+#[inline]
+fn widen8(bits: __m128i) -> __m256 {
+    let wide: __m256;
+    // SAFETY: the caller guarantees F16C; the instruction reads one register and writes one,
+    // touching no memory, stack or flags.
+    unsafe {
+        asm!(
+            "vcvtph2ps {wide}, {bits}",
+            wide = lateout(ymm_reg) wide,
+            bits = in(xmm_reg) bits,
+            options(pure, nomem, nostack, preserves_flags),
+        );
     }
+    wide
+}
 
-    /// Four f32 values rounded to f16, into the low 64 bits (the rest zero).
-    #[inline(always)]
-    fn narrow4(self, values: __m128) -> __m128i {
-        let bits: __m128i;
-        // SAFETY: `self` proves the CPU has F16C, whose `vcvtps2ph` (VEX.128, immediate 0:
-        // round to nearest even, whatever MXCSR says) reads one register and writes one,
-        // touching no memory, stack or flags.
-        unsafe {
-            asm!(
-                "vcvtps2ph {bits}, {values}, 0",
-                bits = lateout(xmm_reg) bits,
-                values = in(xmm_reg) values,
-                options(pure, nomem, nostack, preserves_flags),
-            );
-        }
-        bits
+/// `vcvtps2ph xmm, ymm, 0` (immediate 0: round to nearest even, whatever MXCSR says).
+#[target_feature(enable = "avx")]
+#[inline]
+fn narrow8(values: __m256) -> __m128i {
+    let bits: __m128i;
+    // SAFETY: the caller guarantees F16C; the instruction reads one register and writes one,
+    // touching no memory, stack or flags.
+    unsafe {
+        asm!(
+            "vcvtps2ph {bits}, {values}, 0",
+            bits = lateout(xmm_reg) bits,
+            values = in(ymm_reg) values,
+            options(pure, nomem, nostack, preserves_flags),
+        );
     }
+    bits
 }

@@ -245,26 +245,6 @@ fn halving_sum<T: SimdFloat, S: Simd>(simd: S, vector: T::Vector<S>) -> T {
 /// AVX-512, AVX2, NEON and the scalar path (one lane) perform the same additions.
 /// [`sum_and_dot!`] with `$n` accumulators (a literal, so that they are a fixed-size array
 /// the compiler keeps in registers).
-/// `$body` for each accumulator index `$a` in `0..$n`: spelled out for the register widths of
-/// AVX2 and AVX-512 (2 and 4 accumulators), so that the accumulators stay in registers however
-/// large the body (half-precision conversions make it large enough that the compiler stops
-/// unrolling a loop); a loop otherwise.
-macro_rules! for_each_accumulator {
-    (2, |$a:ident| $body:block) => {{
-        { let $a = 0; $body }
-        { let $a = 1; $body }
-    }};
-    (4, |$a:ident| $body:block) => {{
-        { let $a = 0; $body }
-        { let $a = 1; $body }
-        { let $a = 2; $body }
-        { let $a = 3; $body }
-    }};
-    ($n:literal, |$a:ident| $body:block) => {
-        for $a in 0..$n $body
-    };
-}
-
 macro_rules! sum_and_dot_with {
     ($n:literal, $float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr,
      tail: $tail:expr => $tail_terms:expr) => {{
@@ -284,12 +264,12 @@ macro_rules! sum_and_dot_with {
             let blocks_end = start + (end - start) / accumulators * accumulators;
             let mut group = start;
             while group < blocks_end {
-                for_each_accumulator!($n, |a| {
+                for a in 0..accumulators {
                     let $k = group + a;
                     let (sum, factor, other) = $terms;
                     sums[a] = <$float>::add_vectors(simd, sums[a], sum);
                     dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
-                });
+                }
                 group += accumulators;
             }
             // The last vectors of a period, and the partial vector (vector `count`, in this
