@@ -351,9 +351,10 @@ impl<S: Copy + std::ops::Add<Output = S>> SumBuffers<S> {
 /// gradients into the job's sums (the caller's totals, one row of `dim` each), block by block
 /// in block order.
 pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
-    // With `dsum`, each row of dx is read back to add it: ordinary stores.
+    // Ordinary stores unless forced (see `Stores::for_backward_output`); with `dsum`, each row
+    // of dx is read back to add it: ordinary stores always.
     if job.out.dsum.is_none() {
-        job.rows.layer.stores = Stores::for_output(size_of_val(job.out.dx));
+        job.rows.layer.stores = Stores::for_backward_output();
     }
     if !job.out.sums.is_wanted() {
         return run(BlockedBackward { job, group_rows: 1 });

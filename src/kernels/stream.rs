@@ -10,7 +10,9 @@
 //!
 //! Measured (BENCHMARKS.md) on a 16-core Xeon, streaming stores made forward and backward
 //! 1.2–1.6× faster at 128 MiB outputs; on a 2-core AMD EPYC VM the forward gained at DRAM
-//! sizes and the backward was neutral on 2 threads but 10–15 % slower on one.
+//! sizes, and the backward lost 10–15 % on one thread one day and 6× the next: the forward
+//! streams `y` by size, the backward keeps ordinary stores unless forced
+//! ([`Stores::for_backward_output`]).
 //!
 //! Streaming stores here are `vmovntdq` on 16-byte pieces (x86-64 with AVX, which every CPU
 //! the SIMD kernels use has); elsewhere [`Stores::streaming`] gives ordinary stores. 16-byte
@@ -23,7 +25,7 @@
 use std::arch::x86_64::{__m128i, _mm_sfence};
 use std::sync::OnceLock;
 
-/// How a job's outputs (`y`, `dx`) are stored.
+/// How a job's outputs (`y`, and `dx` where forced) are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stores {
     /// Ordinary stores: the output stays in cache for whoever reads it next.
@@ -67,6 +69,16 @@ impl Stores {
             }
             None => Stores::Cached,
         }
+    }
+
+    /// The stores for backward's `dx`: ordinary stores, unless `LAYERNORM_STORES=streaming`
+    /// forces streaming ones. On the 16-core Xeon tried, streaming made the backward pass 1.4–1.6×
+    /// faster at 48–128 MiB outputs, but on the 2-core AMD EPYC VM on 2026-11-29 it made it 6×
+    /// slower (4096×1024 f32, one thread: 45 ms against 7 ms, the forward unaffected), where
+    /// a day before it had cost 10–15 %: the backward's many concurrent streams can break up
+    /// its write-combining. A possible 6× loss outweighs a 1.5× gain.
+    pub(crate) fn for_backward_output() -> Self {
+        forced().unwrap_or(Stores::Cached)
     }
 
     /// Makes streaming stores visible to other threads before the job returns (a store
@@ -226,6 +238,10 @@ mod tests {
         assert_eq!(Stores::for_output(4096), Stores::Cached);
         assert_eq!(Stores::for_output(usize::MAX / 2), Stores::streaming());
         assert_eq!(Stores::for_output(64 << 20), Stores::streaming());
+        // Backward: ordinary stores whatever the size (unless the environment forces a path).
+        if forced().is_none() {
+            assert_eq!(Stores::for_backward_output(), Stores::Cached);
+        }
         #[cfg(target_arch = "x86_64")]
         assert_eq!(
             Stores::streaming() != Stores::Cached,
