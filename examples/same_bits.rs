@@ -117,21 +117,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     data(rows, dim, seed, offset, 1e30),
                     data(rows, dim, seed, offset, 1e160),
                 );
-                let mut line = vec![
+                let line = vec![
                     pool.install(|| fingerprint(&x, &dy, &residual, |v| v as f32))?,
                     pool.install(|| fingerprint(&x, &dy, &residual, |v| v))?,
                     pool.install(|| fingerprint(&huge_32, &dy, &residual, |v| v as f32))?,
                     pool.install(|| fingerprint(&huge_64, &dy, &residual, |v| v))?,
+                    #[cfg(feature = "half")]
+                    pool.install(|| fingerprint(&x, &dy, &residual, half::f16::from_f64))?,
+                    #[cfg(feature = "half")]
+                    pool.install(|| fingerprint(&x, &dy, &residual, half::bf16::from_f64))?,
                 ];
-                #[cfg(feature = "half")]
-                {
-                    line.push(
-                        pool.install(|| fingerprint(&x, &dy, &residual, half::f16::from_f64))?,
-                    );
-                    line.push(
-                        pool.install(|| fingerprint(&x, &dy, &residual, half::bf16::from_f64))?,
-                    );
-                }
                 let text: Vec<String> = line.iter().map(|h| format!("{h:016x}")).collect();
                 println!(
                     "{threads:>2} threads, {rows}x{dim}, offset {offset}: {}",

@@ -151,7 +151,8 @@
 //! Jimmy Lei Ba, Jamie Ryan Kiros, Geoffrey E. Hinton. *Layer Normalization.* arXiv:1607.06450,
 //! 2016.
 
-// `unsafe` is allowed in one module only, the streaming stores (`kernels/stream.rs`).
+// `unsafe` is allowed in one module only, `kernels/cpu/`: the streaming stores and the F16C
+// conversions.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]

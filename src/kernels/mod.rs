@@ -7,17 +7,19 @@
 //! needs to cut a batch into tasks. The kernels take the whole value through [`Element`]'s
 //! hooks: `scalar` is the specification (and computes the rows the fast path hands it: NaN,
 //! ±Inf, overflowing squares); `simd` is the fast path for `f32` and `f64`, the same bits on
-//! every instruction set; `half` widens f16 and bf16 to f32 for the SIMD kernels.
+//! every instruction set, and for f16 and bf16 through `half`'s conversions in registers;
+//! `cpu` holds what safe Rust cannot express (streaming stores, the CPU's f16 conversions).
 
-#[cfg(all(feature = "half", target_arch = "x86_64"))]
-mod f16c;
+mod cpu;
 #[cfg(feature = "half")]
 pub(crate) mod half;
 pub(crate) mod scalar;
 pub(crate) mod simd;
-pub(crate) mod stream;
 
 use crate::element::Element;
+#[cfg(all(feature = "half", target_arch = "x86_64"))]
+pub(crate) use cpu::f16c;
+pub(crate) use cpu::stream;
 use num_traits::Zero;
 pub(crate) use stream::Stores;
 

@@ -5,8 +5,6 @@
 //! `kernels::half` and of the `half` crate (round to nearest, ties to even; NaN made quiet),
 //! which the tests there check for every f16 and for f32 values across their range.
 
-#![allow(unsafe_code)]
-
 use pulp::x86::V3;
 use std::arch::asm;
 use std::arch::x86_64::{__m128i, __m256};

@@ -1,5 +1,5 @@
 //! How the kernels store their outputs: ordinary stores, or streaming (non-temporal) stores
-//! for outputs larger than the last-level cache. The crate's only `unsafe` code.
+//! for outputs larger than the last-level cache (in `cpu`, the module that allows `unsafe`).
 //!
 //! An ordinary store to a line that is not in cache first reads the line from memory (a
 //! "read for ownership"), so writing `y` costs its bytes twice: forward moves 12 bytes per f32
@@ -18,8 +18,6 @@
 //! the SIMD kernels use has); elsewhere [`Stores::streaming`] gives ordinary stores. 16-byte
 //! pieces need only 16-byte alignment, which large allocations have (32- or 64-byte alignment
 //! usually not). Values are stored unchanged either way: the choice never changes a result.
-
-#![allow(unsafe_code)]
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m128i, _mm_sfence};
