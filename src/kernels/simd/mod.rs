@@ -1,4 +1,5 @@
-//! Runtime-dispatched SIMD kernels for `f32` and `f64` rows, through pulp: AVX-512 or AVX2 on
+//! Runtime-dispatched SIMD kernels for `f32` and `f64` rows (and f16/bf16 rows, computed in f32
+//! and converted as they are loaded and stored: [`Storage`]), through pulp: AVX-512 or AVX2 on
 //! x86-64, NEON on aarch64, chosen when the kernel is called (see [`arch`]); without SIMD the
 //! same kernels run one lane at a time. Every instruction set gives the same bits: sums follow
 //! one logical layout (`sum_and_dot!`), fused multiply-adds are used in the same places, and
