@@ -3,16 +3,21 @@
 //! they compute on f32 rows (statistics, sums and fallback rows included) and the result is
 //! rounded to half once. Statistics are returned in f32, rounded from the kernels' f64 ones.
 //!
-//! Conversions: on x86-64 with AVX2 (`pulp::x86::V3`) eight values at a time by integer
-//! operations (bf16 is the upper half of an f32; f16 is rebiased, with its subnormals and
-//! specials handled by selects), elsewhere one lane at a time. Both give the bits of the
-//! `half` crate's `to_f32` / `from_f32` (round to nearest, ties to even; NaN made quiet), which
-//! the tests below check for every half value and for f32 values across their whole range. On
-//! AVX-512 machines these kernels run on AVX2 vectors ([`Storage::AT_MOST_AVX2`]): the same
-//! bits, the conversions written once.
+//! Conversions: on x86-64 with AVX2 (`pulp::x86::V3`) eight values at a time, bf16 by integer
+//! operations (it is the upper half of an f32) and f16 by the CPU's F16C instructions
+//! (`kernels::f16c`); elsewhere, and for f16 on a CPU without F16C, one lane at a time. All
+//! give the bits of the `half` crate's `to_f32` / `from_f32` (round to nearest, ties to even;
+//! NaN made quiet), which the tests below check for every half value and for f32 values across
+//! their whole range. On AVX-512 machines these kernels run on AVX2 vectors
+//! ([`Storage::AT_MOST_AVX2`]): the same bits, the conversions written once.
+//!
+//! On AVX2 a row's full vectors are eight-value pieces ([`HalfElement::Pieces`]) that carry
+//! what their conversion needs (for f16 the proof that the CPU has F16C), so the loops convert
+//! each vector without a check of their own. Where the CPU lacks it, the dispatcher runs the
+//! type's kernels without SIMD instead ([`Storage::runs_on_avx2`]).
 
 #[cfg(target_arch = "x86_64")]
-use super::f16c::HasF16c;
+use super::f16c::{F16cPieces, F16cPiecesMut, HasF16c};
 use super::simd::{Backward, Storage};
 use super::stream::{store, Stores};
 use super::{
@@ -25,41 +30,187 @@ use pulp::Simd;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m128i, __m256};
 
-/// What the CPU offers the conversions beyond the instruction set's token: F16C or not,
-/// checked once per row (not per vector) and carried with the row's vectors.
-#[cfg(target_arch = "x86_64")]
-type Extras = Option<HasF16c>;
-#[cfg(not(target_arch = "x86_64"))]
-type Extras = ();
-
 /// A half-precision element: its conversions to and from f32, one value and eight at a time.
 pub(crate) trait HalfElement: Element<Stat = f32, Compute = f32> + bytemuck::Pod {
     fn widen_one(self) -> f32;
     fn narrow_one(value: f32) -> Self;
-    /// What the eight-at-a-time conversions can use on this CPU.
-    fn extras() -> Extras;
-    /// Eight values (the bits in a 128-bit register) widened to f32, on AVX2.
+    /// What the AVX2 conversions need beyond the instruction set's token (for f16, the proof
+    /// that the CPU has F16C).
     #[cfg(target_arch = "x86_64")]
-    fn widen_v3(simd: V3, extras: Extras, bits: __m128i) -> __m256;
-    /// Eight f32 values rounded to half, on AVX2.
+    type Proof: Copy;
+    /// A row's values as eight-value pieces for the AVX2 conversions, read and written.
     #[cfg(target_arch = "x86_64")]
-    fn narrow_v3(simd: V3, extras: Extras, values: __m256) -> __m128i;
+    type Pieces<'a>: ReadPieces<'a, Self::Proof>;
+    #[cfg(target_arch = "x86_64")]
+    type PiecesMut<'a>: WritePieces<'a, Self::Proof>;
+    /// The proof, where this CPU has what the AVX2 conversions need (checked once).
+    #[cfg(target_arch = "x86_64")]
+    fn proof() -> Option<Self::Proof>;
 }
 
-/// A half row's full vectors and the [`Extras`]: on AVX2 as eight-value pieces (indexed
-/// without slicing), elsewhere as the values (a whole number of vectors); the other is empty.
-#[derive(Clone, Copy)]
-pub(crate) struct HalfVectors<'a, H> {
-    values: &'a [H],
-    eights: &'a [[u16; 8]],
-    extras: Extras,
+/// A row's full vectors as eight-value pieces that convert on AVX2.
+#[cfg(target_arch = "x86_64")]
+pub(crate) trait ReadPieces<'a, P>: Copy {
+    fn new(proof: P, pieces: &'a [[u16; 8]]) -> Self;
+    /// No pieces: not on AVX2, or the CPU lacks the conversions (the row goes lane by lane).
+    fn empty() -> Self;
+    fn len(&self) -> usize;
+    /// The first `len` pieces.
+    fn first(self, len: usize) -> Self;
+    /// Piece `k` widened to f32; `None` past the end.
+    fn widen(&self, simd: V3, k: usize) -> Option<__m256>;
 }
+
+/// [`ReadPieces`], written (and read, in place).
+#[cfg(target_arch = "x86_64")]
+pub(crate) trait WritePieces<'a, P> {
+    fn new(proof: P, pieces: &'a mut [[u16; 8]]) -> Self;
+    fn empty() -> Self;
+    fn len(&self) -> usize;
+    fn first(self, len: usize) -> Self;
+    fn widen(&self, simd: V3, k: usize) -> Option<__m256>;
+    /// `values` rounded to half into piece `k` (by `stores`); `false` past the end.
+    fn narrow(&mut self, simd: V3, stores: Stores, k: usize, values: __m256) -> bool;
+}
+
+/// A half row's full vectors: on AVX2 as eight-value pieces (indexed without slicing, each
+/// converted without a check), otherwise as the values (a whole number of vectors, converted
+/// lane by lane); the other is empty.
+pub(crate) struct HalfVectors<'a, H: HalfElement> {
+    values: &'a [H],
+    #[cfg(target_arch = "x86_64")]
+    pieces: H::Pieces<'a>,
+}
+
+impl<H: HalfElement> Clone for HalfVectors<'_, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<H: HalfElement> Copy for HalfVectors<'_, H> {}
 
 /// [`HalfVectors`], written.
-pub(crate) struct HalfVectorsMut<'a, H> {
+pub(crate) struct HalfVectorsMut<'a, H: HalfElement> {
     values: &'a mut [H],
-    eights: &'a mut [[u16; 8]],
-    extras: Extras,
+    #[cfg(target_arch = "x86_64")]
+    pieces: H::PiecesMut<'a>,
+}
+
+/// bf16's pieces: the integer conversions need nothing beyond AVX2.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Bf16Pieces<'a>(&'a [[u16; 8]]);
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Bf16PiecesMut<'a>(&'a mut [[u16; 8]]);
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> ReadPieces<'a, ()> for Bf16Pieces<'a> {
+    #[inline(always)]
+    fn new((): (), pieces: &'a [[u16; 8]]) -> Self {
+        Bf16Pieces(pieces)
+    }
+    #[inline(always)]
+    fn empty() -> Self {
+        Bf16Pieces(&[])
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn first(self, len: usize) -> Self {
+        Bf16Pieces(&self.0[..len])
+    }
+    #[inline(always)]
+    fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
+        Some(bf16_widen_v3(simd, bytemuck::cast(*self.0.get(k)?)))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> WritePieces<'a, ()> for Bf16PiecesMut<'a> {
+    #[inline(always)]
+    fn new((): (), pieces: &'a mut [[u16; 8]]) -> Self {
+        Bf16PiecesMut(pieces)
+    }
+    #[inline(always)]
+    fn empty() -> Self {
+        Bf16PiecesMut(&mut [])
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn first(self, len: usize) -> Self {
+        Bf16PiecesMut(&mut self.0[..len])
+    }
+    #[inline(always)]
+    fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
+        Some(bf16_widen_v3(simd, bytemuck::cast(*self.0.get(k)?)))
+    }
+    #[inline(always)]
+    fn narrow(&mut self, simd: V3, stores: Stores, k: usize, values: __m256) -> bool {
+        let Some(piece) = self.0.get_mut(k) else {
+            return false;
+        };
+        store(stores, piece, bytemuck::cast(bf16_narrow_v3(simd, values)));
+        true
+    }
+}
+
+/// f16's pieces: F16C's conversions, with the proof ([`F16cPieces`]).
+#[cfg(target_arch = "x86_64")]
+impl<'a> ReadPieces<'a, HasF16c> for F16cPieces<'a> {
+    #[inline(always)]
+    fn new(proof: HasF16c, pieces: &'a [[u16; 8]]) -> Self {
+        proof.pieces(pieces)
+    }
+    #[inline(always)]
+    fn empty() -> Self {
+        F16cPieces::empty()
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        F16cPieces::len(self)
+    }
+    #[inline(always)]
+    fn first(self, len: usize) -> Self {
+        F16cPieces::first(self, len)
+    }
+    #[inline(always)]
+    fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
+        F16cPieces::widen(self, simd, k)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> WritePieces<'a, HasF16c> for F16cPiecesMut<'a> {
+    #[inline(always)]
+    fn new(proof: HasF16c, pieces: &'a mut [[u16; 8]]) -> Self {
+        proof.pieces_mut(pieces)
+    }
+    #[inline(always)]
+    fn empty() -> Self {
+        F16cPiecesMut::empty()
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        F16cPiecesMut::len(self)
+    }
+    #[inline(always)]
+    fn first(self, len: usize) -> Self {
+        F16cPiecesMut::first(self, len)
+    }
+    #[inline(always)]
+    fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
+        F16cPiecesMut::widen(self, simd, k)
+    }
+    #[inline(always)]
+    fn narrow(&mut self, simd: V3, stores: Stores, k: usize, values: __m256) -> bool {
+        F16cPiecesMut::narrow(self, simd, stores, k, values)
+    }
 }
 
 /// bf16: the upper half of an f32.
@@ -74,44 +225,58 @@ impl HalfElement for half::bf16 {
         half::bf16::from_bits(f32_to_bf16(value))
     }
 
-    #[inline(always)]
-    fn extras() -> Extras {
-        Extras::default()
-    }
+    #[cfg(target_arch = "x86_64")]
+    type Proof = ();
+    #[cfg(target_arch = "x86_64")]
+    type Pieces<'a> = Bf16Pieces<'a>;
+    #[cfg(target_arch = "x86_64")]
+    type PiecesMut<'a> = Bf16PiecesMut<'a>;
 
-    /// Shifted into the upper half. A signaling NaN stays signaling here (`widen_one` makes
-    /// it quiet): the kernels only ever compute with what they load, and x86 arithmetic on a
-    /// signaling NaN gives the same quiet NaN as on the quieted one, so results have the same
-    /// bits either way (the kernel tests check NaN rows on every instruction set).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn widen_v3(simd: V3, _extras: Extras, bits: __m128i) -> __m256 {
-        let wide = simd.avx2._mm256_cvtepu16_epi32(bits);
-        simd.avx
-            ._mm256_castsi256_ps(simd.avx2._mm256_slli_epi32::<16>(wide))
-    }
-
-    /// Rounded to nearest, ties to even, on the integer bits (a carry out of the mantissa
-    /// gives the next exponent, and ±Inf past the largest finite value); a NaN keeps its upper
-    /// bits, made quiet.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    fn narrow_v3(simd: V3, _extras: Extras, values: __m256) -> __m128i {
-        let (avx, avx2) = (simd.avx, simd.avx2);
-        let bits = avx._mm256_castps_si256(values);
-        let upper = avx2._mm256_srli_epi32::<16>(bits);
-        let last_kept = avx2._mm256_and_si256(upper, avx._mm256_set1_epi32(1));
-        let bias = avx2._mm256_add_epi32(last_kept, avx._mm256_set1_epi32(0x7FFF));
-        let rounded = avx2._mm256_srli_epi32::<16>(avx2._mm256_add_epi32(bits, bias));
-        let magnitude = avx2._mm256_and_si256(bits, avx._mm256_set1_epi32(0x7FFF_FFFF));
-        let is_nan = avx2._mm256_cmpgt_epi32(magnitude, avx._mm256_set1_epi32(0x7F80_0000));
-        let nan = avx2._mm256_or_si256(upper, avx._mm256_set1_epi32(0x0040));
-        pack_v3(simd, avx2._mm256_blendv_epi8(rounded, nan, is_nan))
+    fn proof() -> Option<()> {
+        Some(())
     }
 }
 
-/// f16: the CPU's conversion instructions on AVX2 machines that have them (F16C, every one
-/// known), integer operations otherwise.
+/// Eight bf16 (the bits in a 128-bit register) widened to f32, on AVX2: shifted into the
+/// upper half. A signaling NaN stays signaling here (`widen_one` makes it quiet): the kernels
+/// only ever compute with what they load, and x86 arithmetic on a signaling NaN gives the same
+/// quiet NaN as on the quieted one, so results have the same bits either way (the kernel tests
+/// check NaN rows on every instruction set).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bf16_widen_v3(simd: V3, bits: __m128i) -> __m256 {
+    let wide = simd.avx2._mm256_cvtepu16_epi32(bits);
+    simd.avx
+        ._mm256_castsi256_ps(simd.avx2._mm256_slli_epi32::<16>(wide))
+}
+
+/// Eight f32 rounded to bf16, on AVX2: to nearest, ties to even, on the integer bits (a carry
+/// out of the mantissa gives the next exponent, and ±Inf past the largest finite value); a NaN
+/// keeps its upper bits, made quiet.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bf16_narrow_v3(simd: V3, values: __m256) -> __m128i {
+    let (avx, avx2) = (simd.avx, simd.avx2);
+    let bits = avx._mm256_castps_si256(values);
+    let upper = avx2._mm256_srli_epi32::<16>(bits);
+    let last_kept = avx2._mm256_and_si256(upper, avx._mm256_set1_epi32(1));
+    let bias = avx2._mm256_add_epi32(last_kept, avx._mm256_set1_epi32(0x7FFF));
+    let rounded = avx2._mm256_srli_epi32::<16>(avx2._mm256_add_epi32(bits, bias));
+    let magnitude = avx2._mm256_and_si256(bits, avx._mm256_set1_epi32(0x7FFF_FFFF));
+    let is_nan = avx2._mm256_cmpgt_epi32(magnitude, avx._mm256_set1_epi32(0x7F80_0000));
+    let nan = avx2._mm256_or_si256(upper, avx._mm256_set1_epi32(0x0040));
+    // `packus` packs within each 128-bit half ([0..4, 0..4 | 4..8, 4..8] as 64-bit pieces
+    // 0, 1, 2, 3); pieces 0 and 2 hold the eight values in order.
+    let values = avx2._mm256_blendv_epi8(rounded, nan, is_nan);
+    let packed = avx2._mm256_packus_epi32(values, values);
+    let ordered = avx2._mm256_permute4x64_epi64::<0b00_00_10_00>(packed);
+    avx._mm256_castsi256_si128(ordered)
+}
+
+/// f16: the CPU's conversion instructions (F16C) on AVX2 machines that have them (every one
+/// known), lane by lane otherwise.
 impl HalfElement for half::f16 {
     #[inline(always)]
     fn widen_one(self) -> f32 {
@@ -123,107 +288,18 @@ impl HalfElement for half::f16 {
         half::f16::from_f32(value)
     }
 
-    #[inline(always)]
-    fn extras() -> Extras {
-        #[cfg(target_arch = "x86_64")]
-        return HasF16c::get();
-        #[cfg(not(target_arch = "x86_64"))]
-        return ();
-    }
+    #[cfg(target_arch = "x86_64")]
+    type Proof = HasF16c;
+    #[cfg(target_arch = "x86_64")]
+    type Pieces<'a> = F16cPieces<'a>;
+    #[cfg(target_arch = "x86_64")]
+    type PiecesMut<'a> = F16cPiecesMut<'a>;
 
-    /// F16C's `vcvtph2ps` where the CPU has it, else [`f16_widen_v3_integer`].
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn widen_v3(simd: V3, extras: Extras, bits: __m128i) -> __m256 {
-        match extras {
-            Some(f16c) => f16c.widen(simd, bits),
-            None => f16_widen_v3_integer(simd, bits),
-        }
+    fn proof() -> Option<HasF16c> {
+        HasF16c::get()
     }
-
-    /// F16C's `vcvtps2ph` where the CPU has it, else [`f16_narrow_v3_integer`].
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    fn narrow_v3(simd: V3, extras: Extras, values: __m256) -> __m128i {
-        match extras {
-            Some(f16c) => f16c.narrow(simd, values),
-            None => f16_narrow_v3_integer(simd, values),
-        }
-    }
-}
-
-/// Eight f16 widened by integer operations: the exponent rebiased; ±Inf and NaN (made quiet)
-/// given the largest exponent; zeros and subnormals through an exact float multiply.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn f16_widen_v3_integer(simd: V3, bits: __m128i) -> __m256 {
-    let (avx, avx2) = (simd.avx, simd.avx2);
-    let set = |value: i32| avx._mm256_set1_epi32(value);
-    let wide = avx2._mm256_cvtepu16_epi32(bits);
-    let sign = avx2._mm256_slli_epi32::<16>(avx2._mm256_and_si256(wide, set(0x8000)));
-    let magnitude = avx2._mm256_and_si256(wide, set(0x7FFF));
-    let shifted = avx2._mm256_slli_epi32::<13>(magnitude);
-    // Normal numbers: the exponent bias goes from 15 to 127.
-    let normal = avx2._mm256_add_epi32(shifted, set(112 << 23));
-    // ±Inf and NaN: the largest exponent, a NaN made quiet.
-    let special = avx2._mm256_or_si256(shifted, set(0x7F80_0000));
-    let is_nan = avx2._mm256_cmpgt_epi32(magnitude, set(0x7C00));
-    let special = avx2._mm256_or_si256(special, avx2._mm256_and_si256(is_nan, set(0x0040_0000)));
-    let is_special = avx2._mm256_cmpgt_epi32(magnitude, set(0x7BFF));
-    // Zeros and subnormals: the integer mantissa times 2⁻²⁴, exact.
-    let subnormal = avx._mm256_castps_si256(avx._mm256_mul_ps(
-        avx._mm256_cvtepi32_ps(magnitude),
-        avx._mm256_set1_ps(f32::from_bits(103 << 23)),
-    ));
-    let is_subnormal = avx2._mm256_cmpgt_epi32(set(0x0400), magnitude);
-    let value = avx2._mm256_blendv_epi8(normal, special, is_special);
-    let value = avx2._mm256_blendv_epi8(value, subnormal, is_subnormal);
-    avx._mm256_castsi256_ps(avx2._mm256_or_si256(value, sign))
-}
-
-/// Eight f32 rounded to f16 by integer operations, to nearest, ties to even: on the integer
-/// bits for normal results (a carry gives the next exponent, and ±Inf from 65520 on), by
-/// adding 0.5 in f32 for subnormal ones (the sum's last bits are the f16 mantissa, rounded by
-/// the add); a NaN keeps its upper mantissa bits, made quiet.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn f16_narrow_v3_integer(simd: V3, values: __m256) -> __m128i {
-    let (avx, avx2) = (simd.avx, simd.avx2);
-    let set = |value: i32| avx._mm256_set1_epi32(value);
-    let bits = avx._mm256_castps_si256(values);
-    let sign = avx2._mm256_and_si256(avx2._mm256_srli_epi32::<16>(bits), set(0x8000));
-    let magnitude = avx2._mm256_and_si256(bits, set(0x7FFF_FFFF));
-    let last_kept = avx2._mm256_and_si256(avx2._mm256_srli_epi32::<13>(magnitude), set(1));
-    // magnitude − (112 << 23) + 0xFFF + last_kept, then the 13 dropped bits go.
-    let biased = avx2._mm256_add_epi32(magnitude, set(0xFFF - (112 << 23)));
-    let normal = avx2._mm256_srli_epi32::<13>(avx2._mm256_add_epi32(biased, last_kept));
-    let half = avx._mm256_set1_ps(0.5);
-    let subnormal = avx2._mm256_sub_epi32(
-        avx._mm256_castps_si256(avx._mm256_add_ps(avx._mm256_castsi256_ps(magnitude), half)),
-        set(0x3F00_0000),
-    );
-    let is_subnormal = avx2._mm256_cmpgt_epi32(set(0x3880_0000), magnitude);
-    let is_infinite = avx2._mm256_cmpgt_epi32(magnitude, set(0x477F_FFFF));
-    let is_nan = avx2._mm256_cmpgt_epi32(magnitude, set(0x7F80_0000));
-    let nan = avx2._mm256_or_si256(
-        avx2._mm256_and_si256(avx2._mm256_srli_epi32::<13>(magnitude), set(0x03FF)),
-        set(0x7E00),
-    );
-    let value = avx2._mm256_blendv_epi8(normal, subnormal, is_subnormal);
-    let value = avx2._mm256_blendv_epi8(value, set(0x7C00), is_infinite);
-    let value = avx2._mm256_blendv_epi8(value, nan, is_nan);
-    pack_v3(simd, avx2._mm256_or_si256(value, sign))
-}
-
-/// Eight 32-bit lanes holding 16-bit values, packed in order into 128 bits.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn pack_v3(simd: V3, values: std::arch::x86_64::__m256i) -> __m128i {
-    // `packus` packs within each 128-bit half ([0..4, 0..4 | 4..8, 4..8] as 64-bit pieces
-    // 0, 1, 2, 3); pieces 0 and 2 hold the eight values in order.
-    let packed = simd.avx2._mm256_packus_epi32(values, values);
-    let ordered = simd.avx2._mm256_permute4x64_epi64::<0b00_00_10_00>(packed);
-    simd.avx._mm256_castsi256_si128(ordered)
 }
 
 /// A bf16's bits as f32: shifted into the upper half; a NaN is made quiet.
@@ -290,22 +366,44 @@ fn narrow_partial<H: HalfElement, S: Simd>(values: &mut [H], vector: S::f32s) {
 }
 
 /// Vector `k` of a row's full vectors, widened: from its eight-value piece on AVX2, lane by
-/// lane from the values elsewhere.
+/// lane from the values elsewhere (and where the CPU lacks the AVX2 conversions).
 #[inline(always)]
 fn load_vector<H: HalfElement, S: Simd>(
     simd: S,
-    extras: Extras,
-    eights: &[[u16; 8]],
+    #[cfg(target_arch = "x86_64")] pieces: &H::Pieces<'_>,
     values: &[H],
     k: usize,
 ) -> S::f32s {
     #[cfg(target_arch = "x86_64")]
     if let Some(v3) = as_v3(simd) {
-        return bytemuck::cast(H::widen_v3(v3, extras, bytemuck::cast(eights[k])));
+        return bytemuck::cast(pieces.widen(v3, k).unwrap_or_else(|| past_the_pieces(k)));
     }
-    let _ = (extras, eights);
+    widen_lanes(simd, values, k)
+}
+
+/// Vector `k` is not a piece of the row: past its full vectors, or the CPU lacks the AVX2
+/// conversions, which [`Storage::runs_on_avx2`] keeps the dispatcher from choosing AVX2 for.
+#[cold]
+#[inline(never)]
+fn past_the_pieces(k: usize) -> ! {
+    panic!("vector {k} is not one of the row's eight-value pieces")
+}
+
+/// Vector `k` of `values`, widened lane by lane.
+#[inline(always)]
+fn widen_lanes<H: HalfElement, S: Simd>(simd: S, values: &[H], k: usize) -> S::f32s {
     let lanes = lanes::<S>();
     widen_partial(simd, &values[k * lanes..][..lanes])
+}
+
+/// `values` as eight-value pieces on AVX2 where the CPU has the conversions (`None`
+/// otherwise: the row goes lane by lane).
+#[inline(always)]
+#[cfg(target_arch = "x86_64")]
+fn pieces_of<H: HalfElement, S: Simd>(values: &[H]) -> Option<H::Pieces<'_>> {
+    let proof = H::proof().filter(|_| in_eights::<S>())?;
+    let pieces = bytemuck::cast_slice(bytemuck::cast_slice::<H, u16>(values));
+    Some(H::Pieces::new(proof, pieces))
 }
 
 macro_rules! half_storage {
@@ -316,6 +414,14 @@ macro_rules! half_storage {
             type Vectors<'a, S: Simd> = HalfVectors<'a, $half>;
             type VectorsMut<'a, S: Simd> = HalfVectorsMut<'a, $half>;
             const AT_MOST_AVX2: bool = true;
+
+            #[inline(always)]
+            fn runs_on_avx2() -> bool {
+                #[cfg(target_arch = "x86_64")]
+                return Self::proof().is_some();
+                #[cfg(not(target_arch = "x86_64"))]
+                return true;
+            }
 
             fn wide_layer(layer: Layer<'_, Self>) -> Layer<'_, f32> {
                 Layer {
@@ -342,20 +448,20 @@ macro_rules! half_storage {
             #[inline(always)]
             fn split<S: Simd>(values: &[Self]) -> (Self::Vectors<'_, S>, &[Self]) {
                 let (values, tail) = values.split_at(values.len() / lanes::<S>() * lanes::<S>());
-                let extras = Self::extras();
-                let vectors = if in_eights::<S>() {
-                    let eights = bytemuck::cast_slice(bytemuck::cast_slice::<Self, u16>(values));
-                    HalfVectors {
-                        values: &[],
-                        eights,
-                        extras,
-                    }
-                } else {
-                    HalfVectors {
-                        values,
-                        eights: &[],
-                        extras,
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if let Some(pieces) = pieces_of::<Self, S>(values) {
+                    return (
+                        HalfVectors {
+                            values: &[],
+                            pieces,
+                        },
+                        tail,
+                    );
+                }
+                let vectors = HalfVectors {
+                    values,
+                    #[cfg(target_arch = "x86_64")]
+                    pieces: ReadPieces::empty(),
                 };
                 (vectors, tail)
             }
@@ -363,47 +469,60 @@ macro_rules! half_storage {
             fn split_mut<S: Simd>(values: &mut [Self]) -> (Self::VectorsMut<'_, S>, &mut [Self]) {
                 let full = values.len() / lanes::<S>() * lanes::<S>();
                 let (values, tail) = values.split_at_mut(full);
-                let extras = Self::extras();
-                let vectors = if in_eights::<S>() {
-                    let values = bytemuck::cast_slice_mut::<Self, u16>(values);
-                    let eights = bytemuck::cast_slice_mut(values);
-                    HalfVectorsMut {
-                        values: &mut [],
-                        eights,
-                        extras,
-                    }
-                } else {
-                    HalfVectorsMut {
-                        values,
-                        eights: &mut [],
-                        extras,
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if let Some(proof) = Self::proof().filter(|_| in_eights::<S>()) {
+                    let pieces =
+                        bytemuck::cast_slice_mut(bytemuck::cast_slice_mut::<Self, u16>(values));
+                    let pieces = WritePieces::new(proof, pieces);
+                    return (
+                        HalfVectorsMut {
+                            values: &mut [],
+                            pieces,
+                        },
+                        tail,
+                    );
+                }
+                let vectors = HalfVectorsMut {
+                    values,
+                    #[cfg(target_arch = "x86_64")]
+                    pieces: WritePieces::empty(),
                 };
                 (vectors, tail)
             }
             #[inline(always)]
             fn count<S: Simd>(vectors: &Self::Vectors<'_, S>) -> usize {
-                vectors.eights.len() + vectors.values.len() / lanes::<S>()
+                #[cfg(target_arch = "x86_64")]
+                let pieces = vectors.pieces.len();
+                #[cfg(not(target_arch = "x86_64"))]
+                let pieces = 0;
+                pieces + vectors.values.len() / lanes::<S>()
             }
             #[inline(always)]
             fn count_mut<S: Simd>(vectors: &Self::VectorsMut<'_, S>) -> usize {
-                vectors.eights.len() + vectors.values.len() / lanes::<S>()
+                #[cfg(target_arch = "x86_64")]
+                let pieces = vectors.pieces.len();
+                #[cfg(not(target_arch = "x86_64"))]
+                let pieces = 0;
+                pieces + vectors.values.len() / lanes::<S>()
             }
             #[inline(always)]
             fn first<'a, S: Simd>(
                 vectors: Self::Vectors<'a, S>,
                 len: usize,
             ) -> Self::Vectors<'a, S> {
+                // On AVX2 the loops read the pieces (the values, if any, only where the CPU lacks
+                // the conversions, out of line).
+                #[cfg(target_arch = "x86_64")]
                 if in_eights::<S>() {
-                    HalfVectors {
-                        eights: &vectors.eights[..len],
+                    let len = len.min(vectors.pieces.len());
+                    return HalfVectors {
+                        pieces: vectors.pieces.first(len),
                         ..vectors
-                    }
-                } else {
-                    HalfVectors {
-                        values: &vectors.values[..len * lanes::<S>()],
-                        ..vectors
-                    }
+                    };
+                }
+                HalfVectors {
+                    values: &vectors.values[..len * lanes::<S>()],
+                    ..vectors
                 }
             }
             #[inline(always)]
@@ -411,29 +530,38 @@ macro_rules! half_storage {
                 vectors: Self::VectorsMut<'a, S>,
                 len: usize,
             ) -> Self::VectorsMut<'a, S> {
-                let extras = vectors.extras;
+                #[cfg(target_arch = "x86_64")]
                 if in_eights::<S>() {
-                    HalfVectorsMut {
+                    let len = len.min(vectors.pieces.len());
+                    return HalfVectorsMut {
                         values: vectors.values,
-                        eights: &mut vectors.eights[..len],
-                        extras,
-                    }
-                } else {
-                    let values = &mut vectors.values[..len * lanes::<S>()];
-                    HalfVectorsMut {
-                        values,
-                        eights: vectors.eights,
-                        extras,
-                    }
+                        pieces: vectors.pieces.first(len),
+                    };
+                }
+                HalfVectorsMut {
+                    values: &mut vectors.values[..len * lanes::<S>()],
+                    #[cfg(target_arch = "x86_64")]
+                    pieces: vectors.pieces,
                 }
             }
             #[inline(always)]
             fn load<S: Simd>(simd: S, vectors: &Self::Vectors<'_, S>, k: usize) -> S::f32s {
-                load_vector(simd, vectors.extras, vectors.eights, vectors.values, k)
+                load_vector(
+                    simd,
+                    #[cfg(target_arch = "x86_64")]
+                    &vectors.pieces,
+                    vectors.values,
+                    k,
+                )
             }
             #[inline(always)]
             fn load_mut<S: Simd>(simd: S, vectors: &Self::VectorsMut<'_, S>, k: usize) -> S::f32s {
-                load_vector(simd, vectors.extras, vectors.eights, vectors.values, k)
+                #[cfg(target_arch = "x86_64")]
+                if let Some(v3) = as_v3(simd) {
+                    let wide = vectors.pieces.widen(v3, k);
+                    return bytemuck::cast(wide.unwrap_or_else(|| past_the_pieces(k)));
+                }
+                widen_lanes(simd, vectors.values, k)
             }
             #[inline(always)]
             fn store<S: Simd>(
@@ -445,11 +573,12 @@ macro_rules! half_storage {
             ) {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(v3) = as_v3(simd) {
-                    let narrow = Self::narrow_v3(v3, vectors.extras, bytemuck::cast(vector));
-                    store(stores, &mut vectors.eights[k], bytemuck::cast(narrow));
+                    if !vectors.pieces.narrow(v3, stores, k, bytemuck::cast(vector)) {
+                        past_the_pieces(k);
+                    }
                     return;
                 }
-                let _ = (simd, stores);
+                let _ = stores;
                 let lanes = lanes::<S>();
                 narrow_partial::<Self, S>(&mut vectors.values[k * lanes..][..lanes], vector);
             }
@@ -588,7 +717,7 @@ pub(crate) fn backward_rows<H: HalfElement + Storage<Wide = f32>>(job: BackwardJ
 
 #[cfg(test)]
 mod tests {
-    use super::{bf16_to_f32, f32_to_bf16, HalfElement};
+    use super::{bf16_to_f32, f32_to_bf16};
     use half::{bf16, f16};
     #[cfg(target_arch = "x86_64")]
     use {
@@ -711,8 +840,8 @@ mod tests {
     #[test]
     fn avx2_bf16_conversions_match_the_half_crate() {
         avx2_conversions_match(
-            |simd, bits| bf16::widen_v3(simd, None, bits),
-            |simd, values| bf16::narrow_v3(simd, None, values),
+            super::bf16_widen_v3,
+            super::bf16_narrow_v3,
             |bits| bf16::from_bits(bits).to_f32(),
             |value| bf16::from_f32(value).to_bits(),
             false,
@@ -723,26 +852,61 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_f16_conversions_match_the_half_crate() {
-        let f16c = f16::extras();
+        let Some(f16c) = super::HasF16c::get() else {
+            return;
+        };
         avx2_conversions_match(
-            |simd, bits| f16::widen_v3(simd, f16c, bits),
-            |simd, values| f16::narrow_v3(simd, f16c, values),
+            |simd, bits| f16c.widen(simd, bits),
+            |simd, values| f16c.narrow(simd, values),
             |bits| f16::from_bits(bits).to_f32(),
             |value| f16::from_f32(value).to_bits(),
             true,
         );
     }
 
-    /// The integer conversions, used where the CPU lacks F16C.
+    /// Where the CPU lacks F16C, f16 kernels run without SIMD (bf16 ones keep AVX2), with the
+    /// same bits: shown here by pretending, on this thread, that the CPU lacks it.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_f16_integer_conversions_match_the_half_crate() {
-        avx2_conversions_match(
-            super::f16_widen_v3_integer,
-            super::f16_narrow_v3_integer,
-            |bits| f16::from_bits(bits).to_f32(),
-            |value| f16::from_f32(value).to_bits(),
-            true,
-        );
+    fn without_f16c_f16_runs_without_simd_with_the_same_bits() {
+        use crate::kernels::f16c::tests::PRETEND_NO_F16C;
+        use crate::kernels::simd::{arch_for, forward_rows};
+        use crate::kernels::{ForwardRows, Layer, Stores};
+
+        let dim = 203;
+        let x: Vec<f16> = (0..7 * dim)
+            .map(|i| f16::from_f32(((i * 37) % 101) as f32 / 16.0 - 3.0))
+            .collect();
+        let gain: Vec<f32> = (0..dim).map(|i| 1.0 + (i % 5) as f32 / 8.0).collect();
+        let layer = Layer {
+            dim,
+            gain: Some(&gain),
+            bias: None,
+            centered: true,
+            eps: 1e-5,
+            stores: Stores::Cached,
+        };
+        let forward = || {
+            let mut y = vec![f16::ZERO; x.len()];
+            forward_rows(ForwardRows {
+                layer,
+                x: Some(&x),
+                out: &mut y,
+                stats: None,
+            });
+            y.iter().map(|v| v.to_bits()).collect::<Vec<u16>>()
+        };
+        let with_f16c = forward();
+        let simd_arch = !matches!(arch_for::<f16>(), pulp::Arch::Scalar);
+        PRETEND_NO_F16C.set(true);
+        let without = forward();
+        let f16_arch = arch_for::<f16>();
+        let bf16_arch = arch_for::<bf16>();
+        PRETEND_NO_F16C.set(false);
+        assert!(matches!(f16_arch, pulp::Arch::Scalar));
+        if simd_arch {
+            assert!(!matches!(bf16_arch, pulp::Arch::Scalar));
+        }
+        assert_eq!(without, with_f16c);
     }
 }

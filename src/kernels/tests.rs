@@ -571,16 +571,16 @@ mod half_rows {
         layer: Layer<'_, H>,
     ) -> Vec<Vec<u64>> {
         let (dim, rows) = (layer.dim, x.len() / layer.dim);
-        let half_bits = |values: &[H]| -> Vec<u64> {
+        // A NaN's sign and payload are not specified by Rust (optimized builds may commute
+        // the operands of an addition of two NaNs), so every NaN compares as one value.
+        let f64_bits = |values: &mut dyn Iterator<Item = f64>| -> Vec<u64> {
             values
-                .iter()
-                .map(|v| v.widen_one().to_bits().into())
+                .map(|v| if v.is_nan() { u64::MAX } else { v.to_bits() })
                 .collect()
         };
-        let f32_bits =
-            |values: &[f32]| -> Vec<u64> { values.iter().map(|v| v.to_bits().into()).collect() };
-        let f64_bits =
-            |values: &[f64]| -> Vec<u64> { values.iter().map(|v| v.to_bits()).collect() };
+        let half_bits =
+            |values: &[H]| f64_bits(&mut values.iter().map(|v| f64::from(v.widen_one())));
+        let f32_bits = |values: &[f32]| f64_bits(&mut values.iter().map(|&v| f64::from(v)));
         let (mut means, mut inv_stds) = (vec![0.0f32; rows], vec![0.0f32; rows]);
         let (mut gain_totals, mut bias_totals) = (vec![0.0f64; dim], vec![0.0f64; dim]);
         let (y, in_place, dx) = match arch {
@@ -669,8 +669,8 @@ mod half_rows {
             f32_bits(&inv_stds),
             in_place,
             dx,
-            f64_bits(&gain_totals),
-            f64_bits(&bias_totals),
+            f64_bits(&mut gain_totals.iter().copied()),
+            f64_bits(&mut bias_totals.iter().copied()),
         ]
     }
 

@@ -4,7 +4,13 @@
 //! run-time check that the CPU has them. Both give exactly the bits of the integer conversions in
 //! `kernels::half` and of the `half` crate (round to nearest, ties to even; NaN made quiet),
 //! which the tests there check for every f16 and for f32 values across their range.
+//!
+//! The kernels read and write f16 rows through [`F16cPieces`] and [`F16cPiecesMut`]: eight-value
+//! pieces that only a [`HasF16c`] proof can make non-empty, so each piece comes with the proof
+//! and no vector pays for a check. Where the CPU lacks F16C (no CPU with AVX2 is known to) the
+//! pieces are empty and the kernels convert the row lane by lane instead.
 
+use super::stream::{store, Stores};
 use pulp::x86::V3;
 use std::arch::asm;
 use std::arch::x86_64::{__m128i, __m256};
@@ -21,7 +27,21 @@ impl HasF16c {
     pub(crate) fn get() -> Option<Self> {
         static HAS: OnceLock<bool> = OnceLock::new();
         let has = *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("f16c"));
+        #[cfg(test)]
+        let has = has && !tests::PRETEND_NO_F16C.get();
         has.then_some(HasF16c(()))
+    }
+
+    /// A row's f16 values (as eight-value pieces) for the F16C conversions.
+    #[inline(always)]
+    pub(crate) fn pieces(self, pieces: &[[u16; 8]]) -> F16cPieces<'_> {
+        F16cPieces { pieces }
+    }
+
+    /// A row's f16 values (as eight-value pieces) for the F16C conversions, written.
+    #[inline(always)]
+    pub(crate) fn pieces_mut(self, pieces: &mut [[u16; 8]]) -> F16cPiecesMut<'_> {
+        F16cPiecesMut { pieces }
     }
 
     /// Eight f16 values (the bits in `bits`) widened to f32.
@@ -37,6 +57,88 @@ impl HasF16c {
     pub(crate) fn narrow(self, _simd: V3, values: __m256) -> __m128i {
         // SAFETY: as for `widen`: AVX from the `V3` token, F16C from `self`.
         unsafe { narrow8(values) }
+    }
+}
+
+/// f16 values as eight-value pieces for the F16C conversions: non-empty only when made by
+/// [`HasF16c::pieces`], which takes the proof; so a piece that exists may be converted.
+#[derive(Clone, Copy)]
+pub(crate) struct F16cPieces<'a> {
+    pieces: &'a [[u16; 8]],
+}
+
+/// [`F16cPieces`], written (and read, in place).
+pub(crate) struct F16cPiecesMut<'a> {
+    pieces: &'a mut [[u16; 8]],
+}
+
+impl<'a> F16cPieces<'a> {
+    /// No pieces (where the CPU lacks F16C, or for an empty row).
+    #[inline(always)]
+    pub(crate) fn empty() -> Self {
+        F16cPieces { pieces: &[] }
+    }
+
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// The first `len` pieces.
+    #[inline(always)]
+    pub(crate) fn first(self, len: usize) -> Self {
+        F16cPieces {
+            pieces: &self.pieces[..len],
+        }
+    }
+
+    /// Piece `k` widened to f32; `None` past the end.
+    #[inline(always)]
+    pub(crate) fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
+        let bits = *self.pieces.get(k)?;
+        // A piece exists, so `HasF16c::pieces` made these pieces: the CPU has F16C.
+        Some(HasF16c(()).widen(simd, bytemuck::cast(bits)))
+    }
+}
+
+impl<'a> F16cPiecesMut<'a> {
+    /// No pieces (where the CPU lacks F16C, or for an empty row).
+    #[inline(always)]
+    pub(crate) fn empty() -> Self {
+        F16cPiecesMut { pieces: &mut [] }
+    }
+
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// The first `len` pieces.
+    #[inline(always)]
+    pub(crate) fn first(self, len: usize) -> Self {
+        F16cPiecesMut {
+            pieces: &mut self.pieces[..len],
+        }
+    }
+
+    /// Piece `k` widened to f32; `None` past the end.
+    #[inline(always)]
+    pub(crate) fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
+        let bits = *self.pieces.get(k)?;
+        // As in `F16cPieces::widen`: only `HasF16c::pieces_mut` makes pieces.
+        Some(HasF16c(()).widen(simd, bytemuck::cast(bits)))
+    }
+
+    /// `values` rounded to f16 into piece `k` (by `stores`); `false` past the end.
+    #[inline(always)]
+    pub(crate) fn narrow(&mut self, simd: V3, stores: Stores, k: usize, values: __m256) -> bool {
+        let Some(piece) = self.pieces.get_mut(k) else {
+            return false;
+        };
+        // As in `widen`: a piece exists, so the CPU has F16C.
+        let bits = HasF16c(()).narrow(simd, values);
+        store(stores, piece, bytemuck::cast(bits));
+        true
     }
 }
 
@@ -75,4 +177,15 @@ fn narrow8(values: __m256) -> __m128i {
         );
     }
     bits
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Makes [`super::HasF16c::get`] answer `None` on this thread: the kernels then take
+        /// the path of a CPU without F16C, which the tests check gives the same bits.
+        pub(crate) static PRETEND_NO_F16C: Cell<bool> = const { Cell::new(false) };
+    }
 }

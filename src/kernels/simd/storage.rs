@@ -29,6 +29,9 @@ pub(crate) trait Storage: Element + Pod {
     /// Whether the kernels run at most 256-bit vectors for this type (AVX2 on an AVX-512
     /// machine): the half conversions are written for AVX2. The result is the same bits.
     const AT_MOST_AVX2: bool;
+    /// Whether this CPU has what the type's AVX2 kernels need beyond AVX2 and FMA (f16: F16C;
+    /// every AVX2 CPU known has it). Where it does not, the type's kernels run without SIMD.
+    fn runs_on_avx2() -> bool;
 
     /// The layer in the compute type: ε widened to f64 (exact).
     fn wide_layer(layer: Layer<'_, Self>) -> Layer<'_, Self::Wide>;
@@ -98,6 +101,10 @@ macro_rules! plain_storage {
             type Vectors<'a, S: Simd> = &'a [<$float as SimdFloat>::Vector<S>];
             type VectorsMut<'a, S: Simd> = &'a mut [<$float as SimdFloat>::Vector<S>];
             const AT_MOST_AVX2: bool = false;
+
+            fn runs_on_avx2() -> bool {
+                true
+            }
 
             fn wide_layer(layer: Layer<'_, Self>) -> Layer<'_, Self> {
                 layer
