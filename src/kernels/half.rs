@@ -510,11 +510,10 @@ macro_rules! half_storage {
                 vectors: Self::Vectors<'a, S>,
                 len: usize,
             ) -> Self::Vectors<'a, S> {
-                // On AVX2 the loops read the pieces (the values, if any, only where the CPU lacks
-                // the conversions, out of line).
+                // On AVX2 the loops read the pieces only (the dispatcher runs no AVX2 kernel
+                // where the CPU lacks their conversions).
                 #[cfg(target_arch = "x86_64")]
                 if in_eights::<S>() {
-                    let len = len.min(vectors.pieces.len());
                     return HalfVectors {
                         pieces: vectors.pieces.first(len),
                         ..vectors
@@ -532,7 +531,6 @@ macro_rules! half_storage {
             ) -> Self::VectorsMut<'a, S> {
                 #[cfg(target_arch = "x86_64")]
                 if in_eights::<S>() {
-                    let len = len.min(vectors.pieces.len());
                     return HalfVectorsMut {
                         values: vectors.values,
                         pieces: vectors.pieces.first(len),
