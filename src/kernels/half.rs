@@ -260,18 +260,23 @@ fn bf16_widen_v3(simd: V3, bits: __m128i) -> __m256 {
 fn bf16_narrow_v3(simd: V3, values: __m256) -> __m128i {
     let (avx, avx2) = (simd.avx, simd.avx2);
     let bits = avx._mm256_castps_si256(values);
-    let upper = avx2._mm256_srli_epi32::<16>(bits);
-    let last_kept = avx2._mm256_and_si256(upper, avx._mm256_set1_epi32(1));
+    let last_kept =
+        avx2._mm256_and_si256(avx2._mm256_srli_epi32::<16>(bits), avx._mm256_set1_epi32(1));
     let bias = avx2._mm256_add_epi32(last_kept, avx._mm256_set1_epi32(0x7FFF));
-    let rounded = avx2._mm256_srli_epi32::<16>(avx2._mm256_add_epi32(bits, bias));
-    let magnitude = avx2._mm256_and_si256(bits, avx._mm256_set1_epi32(0x7FFF_FFFF));
-    let is_nan = avx2._mm256_cmpgt_epi32(magnitude, avx._mm256_set1_epi32(0x7F80_0000));
-    let nan = avx2._mm256_or_si256(upper, avx._mm256_set1_epi32(0x0040));
-    // `packus` packs within each 128-bit half ([0..4, 0..4 | 4..8, 4..8] as 64-bit pieces
-    // 0, 1, 2, 3); pieces 0 and 2 hold the eight values in order.
-    let values = avx2._mm256_blendv_epi8(rounded, nan, is_nan);
-    let packed = avx2._mm256_packus_epi32(values, values);
-    let ordered = avx2._mm256_permute4x64_epi64::<0b00_00_10_00>(packed);
+    let rounded = avx._mm256_castsi256_ps(avx2._mm256_add_epi32(bits, bias));
+    let quiet =
+        avx._mm256_castsi256_ps(avx2._mm256_or_si256(bits, avx._mm256_set1_epi32(0x0040_0000)));
+    // Unordered with itself: NaN.
+    let is_nan = avx._mm256_cmp_ps::<3>(values, values);
+    let chosen = avx._mm256_castps_si256(avx._mm256_blendv_ps(rounded, quiet, is_nan));
+    // The upper two bytes of each lane (bytes 2, 3, 6, 7, 10, 11, 14, 15 of each 128-bit
+    // half) to the half's first eight bytes, then the halves' first eight bytes together.
+    let upper_halves = avx._mm256_setr_epi8(
+        2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, //
+        2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+    );
+    let gathered = avx2._mm256_shuffle_epi8(chosen, upper_halves);
+    let ordered = avx2._mm256_permute4x64_epi64::<0b00_00_10_00>(gathered);
     avx._mm256_castsi256_si128(ordered)
 }
 
