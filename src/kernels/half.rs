@@ -52,7 +52,7 @@ pub(crate) trait HalfElement: Element<Stat = f32, Compute = f32> + bytemuck::Pod
 #[cfg(target_arch = "x86_64")]
 pub(crate) trait ReadPieces<'a, P>: Copy {
     fn new(proof: P, pieces: &'a [[u16; 8]]) -> Self;
-    /// No pieces: not on AVX2, or the CPU lacks the conversions (the row goes lane by lane).
+    /// No pieces: not on AVX2 (the row goes lane by lane).
     fn empty() -> Self;
     fn len(&self) -> usize;
     /// The first `len` pieces.
@@ -160,58 +160,7 @@ impl<'a> WritePieces<'a, ()> for Bf16PiecesMut<'a> {
     }
 }
 
-/// f16's pieces: F16C's conversions, with the proof ([`F16cPieces`]).
-#[cfg(target_arch = "x86_64")]
-impl<'a> ReadPieces<'a, HasF16c> for F16cPieces<'a> {
-    #[inline(always)]
-    fn new(proof: HasF16c, pieces: &'a [[u16; 8]]) -> Self {
-        proof.pieces(pieces)
-    }
-    #[inline(always)]
-    fn empty() -> Self {
-        F16cPieces::empty()
-    }
-    #[inline(always)]
-    fn len(&self) -> usize {
-        F16cPieces::len(self)
-    }
-    #[inline(always)]
-    fn first(self, len: usize) -> Self {
-        F16cPieces::first(self, len)
-    }
-    #[inline(always)]
-    fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
-        F16cPieces::widen(self, simd, k)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<'a> WritePieces<'a, HasF16c> for F16cPiecesMut<'a> {
-    #[inline(always)]
-    fn new(proof: HasF16c, pieces: &'a mut [[u16; 8]]) -> Self {
-        proof.pieces_mut(pieces)
-    }
-    #[inline(always)]
-    fn empty() -> Self {
-        F16cPiecesMut::empty()
-    }
-    #[inline(always)]
-    fn len(&self) -> usize {
-        F16cPiecesMut::len(self)
-    }
-    #[inline(always)]
-    fn first(self, len: usize) -> Self {
-        F16cPiecesMut::first(self, len)
-    }
-    #[inline(always)]
-    fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
-        F16cPiecesMut::widen(self, simd, k)
-    }
-    #[inline(always)]
-    fn narrow(&mut self, simd: V3, stores: Stores, k: usize, values: __m256) -> bool {
-        F16cPiecesMut::narrow(self, simd, stores, k, values)
-    }
-}
+// f16's pieces (`F16cPieces`, `F16cPiecesMut`) implement these traits in `kernels::f16c`.
 
 /// bf16: the upper half of an f32.
 impl HalfElement for half::bf16 {

@@ -1,16 +1,17 @@
 //! The CPU's own f16 conversions (F16C: `vcvtph2ps`, `vcvtps2ph`) for the AVX2 kernels. pulp's
 //! AVX2 token does not include F16C, so the instructions are issued by `asm!` (in functions that
 //! enable AVX, a subset of the AVX2 kernels' features, so that they are inlined there), after a
-//! run-time check that the CPU has them. Both give exactly the bits of the integer conversions in
-//! `kernels::half` and of the `half` crate (round to nearest, ties to even; NaN made quiet),
-//! which the tests there check for every f16 and for f32 values across their range.
+//! run-time check that the CPU has them. They give exactly the bits of the `half` crate (round
+//! to nearest, ties to even; NaN made quiet), which the tests in `kernels::half` check for every
+//! f16 and for f32 values across their range.
 //!
 //! The kernels read and write f16 rows through [`F16cPieces`] and [`F16cPiecesMut`]: eight-value
 //! pieces that only a [`HasF16c`] proof can make non-empty, so each piece comes with the proof
 //! and no vector pays for a check. Where the CPU lacks F16C (no CPU with AVX2 is known to) the
-//! pieces are empty and the kernels convert the row lane by lane instead.
+//! dispatcher runs f16 kernels without SIMD (`Storage::runs_on_avx2`).
 
 use super::stream::{store, Stores};
+use crate::kernels::half::{ReadPieces, WritePieces};
 use pulp::x86::V3;
 use std::arch::asm;
 use std::arch::x86_64::{__m128i, __m256};
@@ -32,18 +33,6 @@ impl HasF16c {
         has.then_some(HasF16c(()))
     }
 
-    /// A row's f16 values (as eight-value pieces) for the F16C conversions.
-    #[inline(always)]
-    pub(crate) fn pieces(self, pieces: &[[u16; 8]]) -> F16cPieces<'_> {
-        F16cPieces { pieces }
-    }
-
-    /// A row's f16 values (as eight-value pieces) for the F16C conversions, written.
-    #[inline(always)]
-    pub(crate) fn pieces_mut(self, pieces: &mut [[u16; 8]]) -> F16cPiecesMut<'_> {
-        F16cPiecesMut { pieces }
-    }
-
     /// Eight f16 values (the bits in `bits`) widened to f32.
     #[inline(always)]
     pub(crate) fn widen(self, _simd: V3, bits: __m128i) -> __m256 {
@@ -61,7 +50,7 @@ impl HasF16c {
 }
 
 /// f16 values as eight-value pieces for the F16C conversions: non-empty only when made by
-/// [`HasF16c::pieces`], which takes the proof; so a piece that exists may be converted.
+/// `ReadPieces::new`, which takes the proof; so a piece that exists may be converted.
 #[derive(Clone, Copy)]
 pub(crate) struct F16cPieces<'a> {
     pieces: &'a [[u16; 8]],
@@ -72,70 +61,68 @@ pub(crate) struct F16cPiecesMut<'a> {
     pieces: &'a mut [[u16; 8]],
 }
 
-impl<'a> F16cPieces<'a> {
-    /// No pieces (where the CPU lacks F16C, or for an empty row).
+/// Piece `k` of `pieces` widened to f32; `None` past the end.
+#[inline(always)]
+fn widen_piece(simd: V3, pieces: &[[u16; 8]], k: usize) -> Option<__m256> {
+    let bits = *pieces.get(k)?;
+    // A piece exists, so the `HasF16c` proof made the pieces it came from: the CPU has F16C.
+    Some(HasF16c(()).widen(simd, bytemuck::cast(bits)))
+}
+
+impl<'a> ReadPieces<'a, HasF16c> for F16cPieces<'a> {
     #[inline(always)]
-    pub(crate) fn empty() -> Self {
+    fn new(_proof: HasF16c, pieces: &'a [[u16; 8]]) -> Self {
+        F16cPieces { pieces }
+    }
+    #[inline(always)]
+    fn empty() -> Self {
         F16cPieces { pieces: &[] }
     }
-
     #[inline(always)]
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.pieces.len()
     }
-
-    /// The first `len` pieces.
     #[inline(always)]
-    pub(crate) fn first(self, len: usize) -> Self {
+    fn first(self, len: usize) -> Self {
         F16cPieces {
             pieces: &self.pieces[..len],
         }
     }
-
-    /// Piece `k` widened to f32; `None` past the end.
     #[inline(always)]
-    pub(crate) fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
-        let bits = *self.pieces.get(k)?;
-        // A piece exists, so `HasF16c::pieces` made these pieces: the CPU has F16C.
-        Some(HasF16c(()).widen(simd, bytemuck::cast(bits)))
+    fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
+        widen_piece(simd, self.pieces, k)
     }
 }
 
-impl<'a> F16cPiecesMut<'a> {
-    /// No pieces (where the CPU lacks F16C, or for an empty row).
+impl<'a> WritePieces<'a, HasF16c> for F16cPiecesMut<'a> {
     #[inline(always)]
-    pub(crate) fn empty() -> Self {
+    fn new(_proof: HasF16c, pieces: &'a mut [[u16; 8]]) -> Self {
+        F16cPiecesMut { pieces }
+    }
+    #[inline(always)]
+    fn empty() -> Self {
         F16cPiecesMut { pieces: &mut [] }
     }
-
     #[inline(always)]
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.pieces.len()
     }
-
-    /// The first `len` pieces.
     #[inline(always)]
-    pub(crate) fn first(self, len: usize) -> Self {
+    fn first(self, len: usize) -> Self {
         F16cPiecesMut {
             pieces: &mut self.pieces[..len],
         }
     }
-
-    /// Piece `k` widened to f32; `None` past the end.
     #[inline(always)]
-    pub(crate) fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
-        let bits = *self.pieces.get(k)?;
-        // As in `F16cPieces::widen`: only `HasF16c::pieces_mut` makes pieces.
-        Some(HasF16c(()).widen(simd, bytemuck::cast(bits)))
+    fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
+        widen_piece(simd, self.pieces, k)
     }
-
-    /// `values` rounded to f16 into piece `k` (by `stores`); `false` past the end.
     #[inline(always)]
-    pub(crate) fn narrow(&mut self, simd: V3, stores: Stores, k: usize, values: __m256) -> bool {
+    fn narrow(&mut self, simd: V3, stores: Stores, k: usize, values: __m256) -> bool {
         let Some(piece) = self.pieces.get_mut(k) else {
             return false;
         };
-        // As in `widen`: a piece exists, so the CPU has F16C.
+        // As in `widen_piece`: a piece exists, so the CPU has F16C.
         let bits = HasF16c(()).narrow(simd, values);
         store(stores, piece, bytemuck::cast(bits));
         true
