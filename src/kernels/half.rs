@@ -19,7 +19,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::f16c::{F16cPieces, F16cPiecesMut, HasF16c};
 use super::simd::{Backward, Storage};
-use super::stream::{store, Stores};
+use super::stream::{OutVectors, Stores};
 use super::{
     scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
 };
@@ -64,13 +64,14 @@ pub(crate) trait ReadPieces<'a, P>: Copy {
 /// [`ReadPieces`], written (and read, in place).
 #[cfg(target_arch = "x86_64")]
 pub(crate) trait WritePieces<'a, P> {
-    fn new(proof: P, pieces: &'a mut [[u16; 8]]) -> Self;
+    fn new(proof: P, pieces: OutVectors<'a, [u16; 8], true>) -> Self;
     fn empty() -> Self;
     fn len(&self) -> usize;
     fn first(self, len: usize) -> Self;
     fn widen(&self, simd: V3, k: usize) -> Option<__m256>;
-    /// `values` rounded to half into piece `k` (by `stores`); `false` past the end.
-    fn narrow(&mut self, simd: V3, stores: Stores, k: usize, values: __m256) -> bool;
+    /// `values` rounded to half into piece `k` (stored as the row's [`OutVectors`] say);
+    /// `false` past the end.
+    fn narrow(&mut self, simd: V3, k: usize, values: __m256) -> bool;
 }
 
 /// A half row's full vectors: on AVX2 as eight-value pieces (indexed without slicing, each
@@ -102,7 +103,7 @@ pub(crate) struct HalfVectorsMut<'a, H: HalfElement> {
 pub(crate) struct Bf16Pieces<'a>(&'a [[u16; 8]]);
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) struct Bf16PiecesMut<'a>(&'a mut [[u16; 8]]);
+pub(crate) struct Bf16PiecesMut<'a>(OutVectors<'a, [u16; 8], true>);
 
 #[cfg(target_arch = "x86_64")]
 impl<'a> ReadPieces<'a, ()> for Bf16Pieces<'a> {
@@ -131,12 +132,12 @@ impl<'a> ReadPieces<'a, ()> for Bf16Pieces<'a> {
 #[cfg(target_arch = "x86_64")]
 impl<'a> WritePieces<'a, ()> for Bf16PiecesMut<'a> {
     #[inline(always)]
-    fn new((): (), pieces: &'a mut [[u16; 8]]) -> Self {
+    fn new((): (), pieces: OutVectors<'a, [u16; 8], true>) -> Self {
         Bf16PiecesMut(pieces)
     }
     #[inline(always)]
     fn empty() -> Self {
-        Bf16PiecesMut(&mut [])
+        Bf16PiecesMut(OutVectors::empty())
     }
     #[inline(always)]
     fn len(&self) -> usize {
@@ -144,18 +145,18 @@ impl<'a> WritePieces<'a, ()> for Bf16PiecesMut<'a> {
     }
     #[inline(always)]
     fn first(self, len: usize) -> Self {
-        Bf16PiecesMut(&mut self.0[..len])
+        Bf16PiecesMut(self.0.first(len))
     }
     #[inline(always)]
     fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
-        Some(bf16_widen_v3(simd, bytemuck::cast(*self.0.get(k)?)))
+        Some(bf16_widen_v3(simd, bytemuck::cast(self.0.get(k)?)))
     }
     #[inline(always)]
-    fn narrow(&mut self, simd: V3, stores: Stores, k: usize, values: __m256) -> bool {
-        let Some(piece) = self.0.get_mut(k) else {
+    fn narrow(&mut self, simd: V3, k: usize, values: __m256) -> bool {
+        if k >= self.0.len() {
             return false;
-        };
-        store(stores, piece, bytemuck::cast(bf16_narrow_v3(simd, values)));
+        }
+        self.0.put(k, bytemuck::cast(bf16_narrow_v3(simd, values)));
         true
     }
 }
@@ -420,14 +421,17 @@ macro_rules! half_storage {
                 (vectors, tail)
             }
             #[inline(always)]
-            fn split_mut<S: Simd>(values: &mut [Self]) -> (Self::VectorsMut<'_, S>, &mut [Self]) {
+            fn split_mut<S: Simd>(
+                values: &mut [Self],
+                stores: Stores,
+            ) -> (Self::VectorsMut<'_, S>, &mut [Self]) {
                 let full = values.len() / lanes::<S>() * lanes::<S>();
                 let (values, tail) = values.split_at_mut(full);
                 #[cfg(target_arch = "x86_64")]
                 if let Some(proof) = Self::proof().filter(|_| in_eights::<S>()) {
                     let pieces =
                         bytemuck::cast_slice_mut(bytemuck::cast_slice_mut::<Self, u16>(values));
-                    let pieces = WritePieces::new(proof, pieces);
+                    let pieces = WritePieces::new(proof, OutVectors::new(stores, pieces));
                     return (
                         HalfVectorsMut {
                             values: &mut [],
@@ -436,6 +440,7 @@ macro_rules! half_storage {
                         tail,
                     );
                 }
+                let _ = stores;
                 let vectors = HalfVectorsMut {
                     values,
                     #[cfg(target_arch = "x86_64")]
@@ -518,19 +523,17 @@ macro_rules! half_storage {
             #[inline(always)]
             fn store<S: Simd>(
                 simd: S,
-                stores: Stores,
                 vectors: &mut Self::VectorsMut<'_, S>,
                 k: usize,
                 vector: S::f32s,
             ) {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(v3) = as_v3(simd) {
-                    if !vectors.pieces.narrow(v3, stores, k, bytemuck::cast(vector)) {
+                    if !vectors.pieces.narrow(v3, k, bytemuck::cast(vector)) {
                         past_the_pieces(k);
                     }
                     return;
                 }
-                let _ = stores;
                 let lanes = lanes::<S>();
                 narrow_partial::<Self, S>(&mut vectors.values[k * lanes..][..lanes], vector);
             }

@@ -10,7 +10,7 @@
 //! and no vector pays for a check. Where the CPU lacks F16C (no CPU with AVX2 is known to) the
 //! dispatcher runs f16 kernels without SIMD (`Storage::runs_on_avx2`).
 
-use super::stream::{store, Stores};
+use super::stream::OutVectors;
 use crate::kernels::half::{ReadPieces, WritePieces};
 use pulp::x86::V3;
 use std::arch::asm;
@@ -58,7 +58,7 @@ pub(crate) struct F16cPieces<'a> {
 
 /// [`F16cPieces`], written (and read, in place).
 pub(crate) struct F16cPiecesMut<'a> {
-    pieces: &'a mut [[u16; 8]],
+    pieces: OutVectors<'a, [u16; 8], true>,
 }
 
 /// Piece `k` of `pieces` widened to f32; `None` past the end.
@@ -96,12 +96,14 @@ impl<'a> ReadPieces<'a, HasF16c> for F16cPieces<'a> {
 
 impl<'a> WritePieces<'a, HasF16c> for F16cPiecesMut<'a> {
     #[inline(always)]
-    fn new(_proof: HasF16c, pieces: &'a mut [[u16; 8]]) -> Self {
+    fn new(_proof: HasF16c, pieces: OutVectors<'a, [u16; 8], true>) -> Self {
         F16cPiecesMut { pieces }
     }
     #[inline(always)]
     fn empty() -> Self {
-        F16cPiecesMut { pieces: &mut [] }
+        F16cPiecesMut {
+            pieces: OutVectors::empty(),
+        }
     }
     #[inline(always)]
     fn len(&self) -> usize {
@@ -110,21 +112,23 @@ impl<'a> WritePieces<'a, HasF16c> for F16cPiecesMut<'a> {
     #[inline(always)]
     fn first(self, len: usize) -> Self {
         F16cPiecesMut {
-            pieces: &mut self.pieces[..len],
+            pieces: self.pieces.first(len),
         }
     }
     #[inline(always)]
     fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
-        widen_piece(simd, self.pieces, k)
+        let bits = self.pieces.get(k)?;
+        // As in `widen_piece`: a piece exists, so the CPU has F16C.
+        Some(HasF16c(()).widen(simd, bytemuck::cast(bits)))
     }
     #[inline(always)]
-    fn narrow(&mut self, simd: V3, stores: Stores, k: usize, values: __m256) -> bool {
-        let Some(piece) = self.pieces.get_mut(k) else {
+    fn narrow(&mut self, simd: V3, k: usize, values: __m256) -> bool {
+        if k >= self.pieces.len() {
             return false;
-        };
+        }
         // As in `widen_piece`: a piece exists, so the CPU has F16C.
         let bits = HasF16c(()).narrow(simd, values);
-        store(stores, piece, bytemuck::cast(bits));
+        self.pieces.put(k, bytemuck::cast(bits));
         true
     }
 }

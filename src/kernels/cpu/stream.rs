@@ -111,43 +111,125 @@ fn forced() -> Option<Stores> {
     })
 }
 
-/// Stores `vector` into `target`: by streaming stores when `stores` says so, `target` is
-/// 16-byte aligned and the vector is a whole number of 16-byte pieces; by an ordinary store
-/// otherwise. Either way `*target == vector` afterwards (once [`Stores::finish`] has run, for
-/// other threads).
-#[inline(always)]
-pub(crate) fn store<V: bytemuck::Pod>(stores: Stores, target: &mut V, vector: V) {
-    #[cfg(target_arch = "x86_64")]
-    if let Stores::Streaming(HasAvx(())) = stores {
-        if size_of::<V>().is_multiple_of(16) && (target as *mut V as usize).is_multiple_of(16) {
-            let bytes = bytemuck::bytes_of(&vector);
-            let base = (target as *mut V).cast::<__m128i>();
-            for index in 0..size_of::<V>() / 16 {
-                let value: __m128i =
-                    bytemuck::pod_read_unaligned(&bytes[index * 16..index * 16 + 16]);
-                // SAFETY: `target` is a valid, exclusively borrowed `V` of `size_of::<V>()`
-                // bytes, a multiple of 16, so `base + index` (`index < size_of::<V>() / 16`)
-                // points to 16 writable bytes inside it, 16-byte aligned (checked above) as
-                // `vmovntdq` requires. The CPU has AVX, which the VEX encoding needs: a
-                // `HasAvx` exists only after `Stores::streaming` checked it. Any bit pattern
-                // is a valid `V` (`Pod`), and nothing reads `*target` before the last piece is
-                // written. The asm writes those 16 bytes only, and touches no stack or flags.
-                // (The VEX encoding, not SSE's `movntdq` of `_mm_stream_si128`: mixing legacy
-                // SSE into AVX code costs a penalty on Intel CPUs.)
-                unsafe {
-                    std::arch::asm!(
-                        "vmovntdq xmmword ptr [{address}], {value}",
-                        address = in(reg) base.add(index),
-                        value = in(xmm_reg) value,
-                        options(nostack, preserves_flags),
-                    )
-                }
-            }
-            return;
+/// A row's full output vectors (or eight-value half pieces) and the job's [`Stores`]: streaming
+/// stores where the stores say so, the vector is 16-byte aligned and a whole number of 16-byte
+/// pieces; ordinary stores otherwise. Values are stored unchanged either way: `get(k)` is the
+/// vector last `put` there (once [`Stores::finish`] has run, for other threads).
+///
+/// Where the alignment is checked is the type's choice, for speed: `ROW_CHECKED = false`
+/// checks each vector's address as it is stored (for f32 and f64 the compiler lifts the
+/// test on the job's stores out of the loops, so the loops for ordinary stores test nothing);
+/// `ROW_CHECKED = true` checks the row's start once (every piece of an aligned row is
+/// aligned) and leaves one well-predicted test per vector, for the half loops, where the
+/// compiler lifts nothing and a per-piece address check was about six of the f16 forward's
+/// thirty instructions per vector (2-core AMD EPYC VM).
+pub(crate) struct OutVectors<'a, V, const ROW_CHECKED: bool = false> {
+    vectors: &'a mut [V],
+    /// The job's stores (the same for every row).
+    stores: Stores,
+    /// With `ROW_CHECKED`: whether `vectors` starts 16-byte aligned and `V` is a whole number
+    /// of 16-byte pieces, so that every vector is aligned (unused otherwise).
+    aligned: bool,
+}
+
+impl<'a, V: bytemuck::Pod, const ROW_CHECKED: bool> OutVectors<'a, V, ROW_CHECKED> {
+    /// `vectors`, stored as `stores` says.
+    #[inline(always)]
+    pub(crate) fn new(stores: Stores, vectors: &'a mut [V]) -> Self {
+        let aligned = ROW_CHECKED
+            && size_of::<V>().is_multiple_of(16)
+            && (vectors.as_ptr() as usize).is_multiple_of(16);
+        OutVectors {
+            vectors,
+            stores,
+            aligned,
         }
     }
-    let _ = stores;
-    *target = vector;
+
+    /// No vectors.
+    #[inline(always)]
+    pub(crate) fn empty() -> Self {
+        OutVectors {
+            vectors: &mut [],
+            stores: Stores::Cached,
+            aligned: false,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.vectors.len()
+    }
+
+    /// The first `len` vectors (the same start, so the same alignment).
+    #[inline(always)]
+    pub(crate) fn first(self, len: usize) -> Self {
+        OutVectors {
+            vectors: &mut self.vectors[..len],
+            ..self
+        }
+    }
+
+    /// Vector `k`; `None` past the end.
+    #[inline(always)]
+    pub(crate) fn get(&self, k: usize) -> Option<V> {
+        self.vectors.get(k).copied()
+    }
+
+    /// Stores `vector` as vector `k`.
+    ///
+    /// # Panics
+    /// If `k` is past the end.
+    #[inline(always)]
+    pub(crate) fn put(&mut self, k: usize, vector: V) {
+        let target = &mut self.vectors[k];
+        #[cfg(target_arch = "x86_64")]
+        if let Stores::Streaming(HasAvx(())) = self.stores {
+            let aligned = if ROW_CHECKED {
+                // Checked in `new` for the row's start; the vectors follow it whole.
+                self.aligned
+            } else {
+                size_of::<V>().is_multiple_of(16) && (target as *mut V as usize).is_multiple_of(16)
+            };
+            if aligned {
+                stream_pieces(target, vector);
+                return;
+            }
+        }
+        *target = vector;
+    }
+}
+
+/// Writes `vector` into `target` by streaming stores, 16 bytes at a time: only where the CPU
+/// has AVX (`Stores::Streaming` holds the proof), `target` is 16-byte aligned and `V` is a
+/// whole number of 16-byte pieces, which [`OutVectors::put`] makes sure of before it calls
+/// this.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn stream_pieces<V: bytemuck::Pod>(target: &mut V, vector: V) {
+    let bytes = bytemuck::bytes_of(&vector);
+    let base = (target as *mut V).cast::<__m128i>();
+    for index in 0..size_of::<V>() / 16 {
+        let value: __m128i = bytemuck::pod_read_unaligned(&bytes[index * 16..index * 16 + 16]);
+        // SAFETY: `target` is a valid, exclusively borrowed `V` of `size_of::<V>()` bytes, a
+        // multiple of 16, so `base + index` (`index < size_of::<V>() / 16`) points to 16
+        // writable bytes inside it, 16-byte aligned (the caller checked `target` or the
+        // start of the row it is a whole vector of), as
+        // `vmovntdq` requires. The CPU has AVX, which the VEX encoding needs (the caller holds
+        // a `HasAvx`, which only `Stores::streaming` makes, after checking). Any bit pattern is
+        // a valid `V` (`Pod`), and nothing reads `*target` before the last piece is written.
+        // The asm writes those 16 bytes only, and touches no stack or flags. (The VEX
+        // encoding, not SSE's `movntdq` of `_mm_stream_si128`: mixing legacy SSE into AVX code
+        // costs a penalty on Intel CPUs.)
+        unsafe {
+            std::arch::asm!(
+                "vmovntdq xmmword ptr [{address}], {value}",
+                address = in(reg) base.add(index),
+                value = in(xmm_reg) value,
+                options(nostack, preserves_flags),
+            )
+        }
+    }
 }
 
 /// Size of the largest CPU cache in bytes (Linux's sysfs; [`DEFAULT_LAST_LEVEL_CACHE`]
@@ -199,25 +281,33 @@ mod tests {
         assert!(last_level_cache() > 0);
     }
 
-    #[test]
-    fn both_stores_write_the_value_at_any_alignment() {
-        // Vectors of 16 and 32 bytes at every 4-byte offset: aligned ones stream, the others
-        // fall back to ordinary stores; the values land either way.
+    /// Rows of 16- and 32-byte vectors at every 4-byte offset, with the alignment checked per
+    /// vector or per row: aligned ones stream, the others take ordinary stores; the values
+    /// land either way.
+    fn write_at_every_alignment<const ROW_CHECKED: bool>() {
         let mut buffer = vec![[0.0f32; 4]; 40];
         let floats: &mut [f32] = bytemuck::cast_slice_mut(&mut buffer);
         for offset in 0..4 {
             for stores in [Stores::Cached, Stores::streaming()] {
                 let window = &mut floats[offset..offset + 128];
                 let (chunks, _) = window.as_chunks_mut::<8>();
-                for (k, chunk) in chunks.iter_mut().enumerate() {
+                let mut row = OutVectors::<_, ROW_CHECKED>::new(stores, chunks);
+                assert_eq!(
+                    row.aligned,
+                    ROW_CHECKED && (row.vectors.as_ptr() as usize).is_multiple_of(16)
+                );
+                for k in 0..row.len() {
                     let value: [f32; 8] = std::array::from_fn(|i| (k * 8 + i + offset) as f32);
-                    store(stores, chunk, value);
+                    row.put(k, value);
                 }
                 let (chunks, _) = window.as_chunks_mut::<4>();
-                for chunk in chunks.iter_mut().skip(16) {
-                    let value = chunk.map(|v| -v);
-                    store(stores, chunk, value);
+                let mut row =
+                    OutVectors::<_, ROW_CHECKED>::new(stores, &mut chunks[16..]).first(16);
+                for k in 0..16 {
+                    let value = row.get(k).unwrap().map(|v| -v);
+                    row.put(k, value);
                 }
+                assert_eq!(row.get(16), None);
                 stores.finish();
                 for (i, &value) in window.iter().enumerate() {
                     let expected = (i + offset) as f32;
@@ -226,6 +316,12 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn both_stores_write_the_value_at_any_alignment() {
+        write_at_every_alignment::<false>();
+        write_at_every_alignment::<true>();
     }
 
     #[test]

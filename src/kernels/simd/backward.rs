@@ -288,7 +288,6 @@ struct RowOut<'a, E: Storage> {
 /// Pass B over a row's full vectors: the gain it reads, the outputs it writes.
 struct PassB<'a, E: Storage, S: Simd> {
     gain: &'a [WideVector<E, S>],
-    stores: Stores,
     dx: E::VectorsMut<'a, S>,
     gain_sums: &'a mut [WideVector<E, S>],
     bias_sums: &'a mut [WideVector<E, S>],
@@ -312,7 +311,7 @@ fn grad_at<E: Storage, S: Simd, V: BackwardBody>(
         dy
     };
     let dx = input_grad.dx::<T<E>, S>(simd, g, x_hat);
-    E::store(simd, out.stores, &mut out.dx, k, dx);
+    E::store(simd, &mut out.dx, k, dx);
     if V::GAIN_GRAD {
         out.gain_sums[k] = T::<E>::mul_add_vectors(simd, dy, x_hat, out.gain_sums[k]);
     }
@@ -347,12 +346,11 @@ fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
         gain_head
     };
     let input_grad = InputGrad::new::<E, S>(simd, row, sums);
-    let (dx_head, dx_tail) = E::split_mut::<S>(dx);
+    let (dx_head, dx_tail) = E::split_mut::<S>(dx, stores);
     let (gain_sums_head, gain_sums_tail) = <T<E>>::split_mut::<S>(gain_sums);
     let (bias_sums_head, bias_sums_tail) = <T<E>>::split_mut::<S>(bias_sums);
     let mut out = PassB::<E, S> {
         gain: gain_head,
-        stores,
         dx: E::first_mut(dx_head, len),
         gain_sums: if V::GAIN_GRAD {
             &mut gain_sums_head[..len]

@@ -185,7 +185,7 @@ fn write_row<E: Storage, S: Simd, V: ForwardBody>(
             let mut head = RowHead::<E, S>::new::<V>(x_row, out_row, layer);
             for k in 0..head.len {
                 let y = head.y::<V>(simd, &normalizer, k);
-                E::store(simd, layer.stores, &mut head.out, k, y);
+                E::store(simd, &mut head.out, k, y);
             }
             head.finish_tail(simd, &normalizer);
         }
@@ -220,7 +220,7 @@ fn normalize_row_and_sum_next<E: Storage, S: Simd, V: ForwardBody>(
     let shift = T::<E>::splat(simd, next_shift);
     let sums = sum_and_dot!(T<E>, simd, len, |k| {
         let y = head.y::<V>(simd, &normalizer, k);
-        E::store(simd, layer.stores, &mut head.out, k, y);
+        E::store(simd, &mut head.out, k, y);
         let deviation = T::<E>::sub_vectors(simd, E::load(simd, &next_head, k), shift);
         (deviation, deviation, deviation)
     }, tail: next_tail.len() => {
@@ -252,7 +252,7 @@ impl<'r, E: Storage, S: Simd> RowHead<'r, E, S> {
         out: &'r mut [E],
         layer: Layer<'r, E::Wide>,
     ) -> Self {
-        let (out, out_tail) = E::split_mut::<S>(out);
+        let (out, out_tail) = E::split_mut::<S>(out, layer.stores);
         let len = E::count_mut::<S>(&out);
         let out = E::first_mut(out, len);
         let (x, x_tail) = match x {

@@ -5,7 +5,7 @@
 
 use super::SimdFloat;
 use crate::element::Element;
-use crate::kernels::stream::{store, Stores};
+use crate::kernels::stream::{OutVectors, Stores};
 use crate::kernels::{scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums};
 use crate::kernels::{Layer, RowStatsOut};
 use bytemuck::Pod;
@@ -44,7 +44,12 @@ pub(crate) trait Storage: Element + Pod {
 
     /// `values` as full vectors and the values after them (fewer than a vector).
     fn split<S: Simd>(values: &[Self]) -> (Self::Vectors<'_, S>, &[Self]);
-    fn split_mut<S: Simd>(values: &mut [Self]) -> (Self::VectorsMut<'_, S>, &mut [Self]);
+    /// The same for an output row, whose full vectors are stored as `stores` says (the
+    /// choice is made here, once for the row: see [`OutVectors`]).
+    fn split_mut<S: Simd>(
+        values: &mut [Self],
+        stores: Stores,
+    ) -> (Self::VectorsMut<'_, S>, &mut [Self]);
     /// The number of full vectors.
     fn count<S: Simd>(vectors: &Self::Vectors<'_, S>) -> usize;
     fn count_mut<S: Simd>(vectors: &Self::VectorsMut<'_, S>) -> usize;
@@ -64,7 +69,6 @@ pub(crate) trait Storage: Element + Pod {
     /// Stores `vector` (rounded to the storage type) as vector `k`.
     fn store<S: Simd>(
         simd: S,
-        stores: Stores,
         vectors: &mut Self::VectorsMut<'_, S>,
         k: usize,
         vector: WideVector<Self, S>,
@@ -93,13 +97,20 @@ pub(crate) trait Storage: Element + Pod {
     );
 }
 
+/// Vector `k` is past the row's full vectors: a kernel's indexing bug.
+#[cold]
+#[inline(never)]
+fn past_the_row(k: usize) -> ! {
+    panic!("vector {k} is not one of the row's full vectors")
+}
+
 /// f32 and f64: stored as computed.
 macro_rules! plain_storage {
     ($float:ty) => {
         impl Storage for $float {
             type Wide = $float;
             type Vectors<'a, S: Simd> = &'a [<$float as SimdFloat>::Vector<S>];
-            type VectorsMut<'a, S: Simd> = &'a mut [<$float as SimdFloat>::Vector<S>];
+            type VectorsMut<'a, S: Simd> = OutVectors<'a, <$float as SimdFloat>::Vector<S>>;
             const AT_MOST_AVX2: bool = false;
 
             fn runs_on_avx2() -> bool {
@@ -126,8 +137,12 @@ macro_rules! plain_storage {
                 <$float as SimdFloat>::split::<S>(values)
             }
             #[inline(always)]
-            fn split_mut<S: Simd>(values: &mut [Self]) -> (Self::VectorsMut<'_, S>, &mut [Self]) {
-                <$float as SimdFloat>::split_mut::<S>(values)
+            fn split_mut<S: Simd>(
+                values: &mut [Self],
+                stores: Stores,
+            ) -> (Self::VectorsMut<'_, S>, &mut [Self]) {
+                let (vectors, tail) = <$float as SimdFloat>::split_mut::<S>(values);
+                (OutVectors::new(stores, vectors), tail)
             }
             #[inline(always)]
             fn count<S: Simd>(vectors: &Self::Vectors<'_, S>) -> usize {
@@ -149,7 +164,7 @@ macro_rules! plain_storage {
                 vectors: Self::VectorsMut<'a, S>,
                 len: usize,
             ) -> Self::VectorsMut<'a, S> {
-                &mut vectors[..len]
+                vectors.first(len)
             }
             #[inline(always)]
             fn load<S: Simd>(
@@ -165,17 +180,16 @@ macro_rules! plain_storage {
                 vectors: &Self::VectorsMut<'_, S>,
                 k: usize,
             ) -> WideVector<Self, S> {
-                vectors[k]
+                vectors.get(k).unwrap_or_else(|| past_the_row(k))
             }
             #[inline(always)]
             fn store<S: Simd>(
                 _simd: S,
-                stores: Stores,
                 vectors: &mut Self::VectorsMut<'_, S>,
                 k: usize,
                 vector: WideVector<Self, S>,
             ) {
-                store(stores, &mut vectors[k], vector);
+                vectors.put(k, vector);
             }
             #[inline(always)]
             fn load_partial<S: Simd>(simd: S, values: &[Self]) -> WideVector<Self, S> {
