@@ -61,12 +61,11 @@ pub(crate) struct F16cPiecesMut<'a> {
     pieces: OutVectors<'a, [u16; 8], true>,
 }
 
-/// Piece `k` of `pieces` widened to f32; `None` past the end.
+/// A piece of f16 pieces (`None` past their end) widened to f32.
 #[inline(always)]
-fn widen_piece(simd: V3, pieces: &[[u16; 8]], k: usize) -> Option<__m256> {
-    let bits = *pieces.get(k)?;
+fn widen_piece(simd: V3, piece: Option<[u16; 8]>) -> Option<__m256> {
     // A piece exists, so the `HasF16c` proof made the pieces it came from: the CPU has F16C.
-    Some(HasF16c(()).widen(simd, bytemuck::cast(bits)))
+    Some(HasF16c(()).widen(simd, bytemuck::cast(piece?)))
 }
 
 impl<'a> ReadPieces<'a, HasF16c> for F16cPieces<'a> {
@@ -90,7 +89,7 @@ impl<'a> ReadPieces<'a, HasF16c> for F16cPieces<'a> {
     }
     #[inline(always)]
     fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
-        widen_piece(simd, self.pieces, k)
+        widen_piece(simd, self.pieces.get(k).copied())
     }
 }
 
@@ -117,9 +116,7 @@ impl<'a> WritePieces<'a, HasF16c> for F16cPiecesMut<'a> {
     }
     #[inline(always)]
     fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
-        let bits = self.pieces.get(k)?;
-        // As in `widen_piece`: a piece exists, so the CPU has F16C.
-        Some(HasF16c(()).widen(simd, bytemuck::cast(bits)))
+        widen_piece(simd, self.pieces.get(k))
     }
     #[inline(always)]
     fn narrow(&mut self, simd: V3, k: usize, values: __m256) -> bool {

@@ -120,9 +120,10 @@ fn forced() -> Option<Stores> {
 /// checks each vector's address as it is stored (for f32 and f64 the compiler lifts the
 /// test on the job's stores out of the loops, so the loops for ordinary stores test nothing);
 /// `ROW_CHECKED = true` checks the row's start once (every piece of an aligned row is
-/// aligned) and leaves one well-predicted test per vector, for the half loops, where the
-/// compiler lifts nothing and a per-piece address check was about six of the f16 forward's
-/// thirty instructions per vector (2-core AMD EPYC VM).
+/// aligned), for the half loops: the compiler did not lift their per-piece address check,
+/// about six of the f16 forward's thirty instructions per vector (2-core AMD EPYC VM). What is
+/// left per piece is the test of the job's stores, which it lifts out of the f16 forward loop
+/// (not out of the backward loops: one well-predicted branch per vector there).
 pub(crate) struct OutVectors<'a, V, const ROW_CHECKED: bool = false> {
     vectors: &'a mut [V],
     /// The job's stores (the same for every row).
