@@ -214,14 +214,13 @@ fn stream_pieces<V: bytemuck::Pod>(target: &mut V, vector: V) {
         let value: __m128i = bytemuck::pod_read_unaligned(&bytes[index * 16..index * 16 + 16]);
         // SAFETY: `target` is a valid, exclusively borrowed `V` of `size_of::<V>()` bytes, a
         // multiple of 16, so `base + index` (`index < size_of::<V>() / 16`) points to 16
-        // writable bytes inside it, 16-byte aligned (the caller checked `target` or the
-        // start of the row it is a whole vector of), as
-        // `vmovntdq` requires. The CPU has AVX, which the VEX encoding needs (the caller holds
-        // a `HasAvx`, which only `Stores::streaming` makes, after checking). Any bit pattern is
-        // a valid `V` (`Pod`), and nothing reads `*target` before the last piece is written.
-        // The asm writes those 16 bytes only, and touches no stack or flags. (The VEX
-        // encoding, not SSE's `movntdq` of `_mm_stream_si128`: mixing legacy SSE into AVX code
-        // costs a penalty on Intel CPUs.)
+        // writable bytes inside it, 16-byte aligned as `vmovntdq` requires (the caller checked
+        // `target`, or the start of the row it is a whole vector of). The CPU has AVX, which
+        // the VEX encoding needs (the caller holds a `HasAvx`, which only `Stores::streaming`
+        // makes, after checking). Any bit pattern is a valid `V` (`Pod`), and nothing reads
+        // `*target` before the last piece is written. The asm writes those 16 bytes only, and
+        // touches no stack or flags. (The VEX encoding, not SSE's `movntdq` of
+        // `_mm_stream_si128`: mixing legacy SSE into AVX code costs a penalty on Intel CPUs.)
         unsafe {
             std::arch::asm!(
                 "vmovntdq xmmword ptr [{address}], {value}",

@@ -44,8 +44,8 @@ pub(crate) trait Storage: Element + Pod {
 
     /// `values` as full vectors and the values after them (fewer than a vector).
     fn split<S: Simd>(values: &[Self]) -> (Self::Vectors<'_, S>, &[Self]);
-    /// The same for an output row, whose full vectors are stored as `stores` says (the
-    /// choice is made here, once for the row: see [`OutVectors`]).
+    /// The same for an output row, whose full vectors are then stored as `stores` say (see
+    /// [`OutVectors`]: half rows check their alignment here, once; f32 and f64 per vector).
     fn split_mut<S: Simd>(
         values: &mut [Self],
         stores: Stores,
