@@ -147,7 +147,8 @@ impl<'a, V: bytemuck::Pod, const ROW_CHECKED: bool> OutVectors<'a, V, ROW_CHECKE
         }
     }
 
-    /// No vectors.
+    /// No vectors (the half rows' placeholder where a row has none).
+    #[cfg(feature = "half")]
     #[inline(always)]
     pub(crate) fn empty() -> Self {
         OutVectors {

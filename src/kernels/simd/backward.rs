@@ -6,7 +6,7 @@
 //! const generics), so that no loop tests for any of them.
 
 use super::storage::WideVector;
-use super::{Normalizer, RowStats, SimdFloat, Storage, FOLD_ROWS};
+use super::{Normalizer, RowStats, SimdFloat, Storage, FOLD_ROWS, SHORT_ROW_BYTES};
 use crate::element::Element;
 use crate::kernels::stream::Stores;
 use crate::kernels::{add_into, BackwardRows, GradSums};
@@ -63,6 +63,7 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
     scratch.resize(2 * dim, T::<E>::zero());
     let (gain_sums, bias_sums) = scratch.split_at_mut(dim);
     let n = dim as f64;
+    let short = dim * size_of::<T<E>>() <= SHORT_ROW_BYTES;
     let (gain_head, gain_tail) = layer.gain.map_or((&[][..], &[][..]), <T<E>>::split::<S>);
     let stats_of = |row: usize| {
         let mean = E::stat_to_f64(*rows.means.get(row)?);
@@ -89,10 +90,11 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
             Some(current) => {
                 let sums = match pending.take() {
                     Some(sums) => sums,
-                    None => grad_sums::<E, S, V>(simd, current, (gain_head, gain_tail)),
+                    None => grad_sums::<E, S, V>(simd, short, current, (gain_head, gain_tail)),
                 };
                 pending = backward_row::<E, S, V>(
                     simd,
+                    short,
                     current,
                     sums,
                     fast_row(row + 1),
@@ -189,20 +191,26 @@ struct RowSums {
 #[inline(always)]
 fn grad_sums<E: Storage, S: Simd, V: BackwardBody>(
     simd: S,
+    short: bool,
     row: GradRow<'_, E, S>,
     (gain, gain_tail): (&[WideVector<E, S>], &[E::Wide]),
 ) -> RowSums {
     type T<E> = <E as Storage>::Wide;
     let hi = T::<E>::splat(simd, row.stats.hi);
-    let (sum_g, sum_g_deviation) = sum_and_dot!(T<E>, simd, row.len, |k| {
-        let dy = E::load(simd, &row.dy, k);
-        let g = if V::HAS_GAIN {
-            T::<E>::mul_vectors(simd, gain[k], dy)
-        } else {
-            dy
+    macro_rules! sums {
+        ($($once:ident;)?) => {
+            sum_and_dot!($($once;)? T<E>, simd, row.len, |k| {
+                let dy = E::load(simd, &row.dy, k);
+                let g = if V::HAS_GAIN {
+                    T::<E>::mul_vectors(simd, gain[k], dy)
+                } else {
+                    dy
+                };
+                (g, g, T::<E>::sub_vectors(simd, E::load(simd, &row.x, k), hi))
+            }, tail: row.x_tail.len() => tail_terms::<E, S, V>(simd, &row, gain_tail, hi))
         };
-        (g, g, T::<E>::sub_vectors(simd, E::load(simd, &row.x, k), hi))
-    }, tail: row.x_tail.len() => tail_terms::<E, S, V>(simd, &row, gain_tail, hi));
+    }
+    let (sum_g, sum_g_deviation) = if short { sums!(once;) } else { sums!() };
     RowSums {
         sum_g,
         sum_g_deviation,
@@ -325,6 +333,7 @@ fn grad_at<E: Storage, S: Simd, V: BackwardBody>(
 #[inline(always)]
 fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
     simd: S,
+    short: bool,
     row: GradRow<'_, E, S>,
     sums: RowSums,
     next: Option<GradRow<'_, E, S>>,
@@ -374,16 +383,23 @@ fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
         Some(next) => {
             let (next_x, next_dy) = (E::first(next.x, len), E::first(next.dy, len));
             let next_hi = T::<E>::splat(simd, next.stats.hi);
-            let (sum_g, sum_g_deviation) = sum_and_dot!(T<E>, simd, len, |k| {
-                pass_b!(k);
-                let dy = E::load(simd, &next_dy, k);
-                let g = if V::HAS_GAIN {
-                    T::<E>::mul_vectors(simd, gain_head[k], dy)
-                } else {
-                    dy
+            macro_rules! fused {
+                ($($once:ident;)?) => {
+                    sum_and_dot!($($once;)? T<E>, simd, len, |k| {
+                        pass_b!(k);
+                        let dy = E::load(simd, &next_dy, k);
+                        let g = if V::HAS_GAIN {
+                            T::<E>::mul_vectors(simd, gain_head[k], dy)
+                        } else {
+                            dy
+                        };
+                        (g, g, T::<E>::sub_vectors(simd, E::load(simd, &next_x, k), next_hi))
+                    }, tail: next.x_tail.len() => {
+                        tail_terms::<E, S, V>(simd, &next, gain_tail, next_hi)
+                    })
                 };
-                (g, g, T::<E>::sub_vectors(simd, E::load(simd, &next_x, k), next_hi))
-            }, tail: next.x_tail.len() => tail_terms::<E, S, V>(simd, &next, gain_tail, next_hi));
+            }
+            let (sum_g, sum_g_deviation) = if short { fused!(once;) } else { fused!() };
             Some(RowSums {
                 sum_g,
                 sum_g_deviation,

@@ -7,13 +7,11 @@
 use super::storage::WideVector;
 use super::{
     finish_stats, first_shift, row_stats_from, Normalizer, RowStats, SimdFloat, StatsStep, Storage,
+    SHORT_ROW_BYTES,
 };
 use crate::kernels::{ForwardRows, Layer, RowStatsOut};
 use num_traits::{Float, One, Zero};
 use pulp::{Simd, WithSimd};
-
-/// Rows of at most this many bytes are "short": their statistics are computed in blocks.
-const SHORT_ROW_BYTES: usize = 1024;
 
 /// Short rows whose statistics are computed together.
 const SHORT_ROW_BLOCK: usize = 16;
@@ -75,8 +73,11 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
             let mut block_stats = [None; SHORT_ROW_BLOCK];
             for (offset, slot) in block_stats[..count].iter_mut().enumerate() {
                 let range = (first + offset) * dim..(first + offset + 1) * dim;
-                *slot =
-                    stats_of_row::<E, S>(simd, x.map_or(&out[range.clone()], |x| &x[range]), layer);
+                *slot = stats_of_row::<E, S, true>(
+                    simd,
+                    x.map_or(&out[range.clone()], |x| &x[range]),
+                    layer,
+                );
             }
             for (offset, row_stats) in block_stats[..count].iter().enumerate() {
                 let row = first + offset;
@@ -100,7 +101,7 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
         let current_stats = match pending {
             Next::Known(row_stats) => Some(row_stats),
             Next::Fallback => None,
-            Next::Unknown => stats_of_row::<E, S>(simd, x_row.unwrap_or(out_row), layer),
+            Next::Unknown => stats_of_row::<E, S, false>(simd, x_row.unwrap_or(out_row), layer),
         };
         pending = Next::Unknown;
         let next: Option<&[E]> = match x {
@@ -133,7 +134,7 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
         );
         pending = match finish_stats(shift, sum, sum_of_squares, n, layer.eps, centered) {
             StatsStep::Done(next_stats) => Next::Known(next_stats),
-            StatsStep::Refine(better) => Next::from_stats(row_stats_from::<E, S>(
+            StatsStep::Refine(better) => Next::from_stats(row_stats_from::<E, S, false>(
                 simd, next, better, layer.eps, centered,
             )),
             StatsStep::Fallback => Next::Fallback,
@@ -141,15 +142,16 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
     }
 }
 
-/// A row's statistics by passes of their own, starting from the first estimate of its mean.
+/// A row's statistics by passes of their own, starting from the first estimate of its mean
+/// (`SHORT`: a short row, see [`row_stats_from`]).
 #[inline(always)]
-fn stats_of_row<E: Storage, S: Simd>(
+fn stats_of_row<E: Storage, S: Simd, const SHORT: bool>(
     simd: S,
     values: &[E],
     layer: Layer<'_, E::Wide>,
 ) -> Option<RowStats<E::Wide>> {
     let shift = first_shift::<E, S>(simd, values, layer.centered);
-    row_stats_from::<E, S>(simd, values, shift, layer.eps, layer.centered)
+    row_stats_from::<E, S, SHORT>(simd, values, shift, layer.eps, layer.centered)
 }
 
 /// One row's input (`None` in place: the row is read from the output) and output.

@@ -163,6 +163,11 @@ impl_simd_float!(
     reduce_sum_f64s
 );
 
+/// Rows of at most this many bytes (in the compute type) are "short": one fold period holds a
+/// whole row (see `sum_and_dot_once_with!`), and the forward computes their statistics in
+/// blocks of rows.
+const SHORT_ROW_BYTES: usize = FOLD_BLOCKS * 128;
+
 /// Rows whose parameter gradients are summed in the data type before folding into f64.
 pub(crate) const FOLD_ROWS: usize = 8;
 
@@ -306,20 +311,82 @@ macro_rules! sum_and_dot_with {
     }};
 }
 
+/// [`sum_and_dot_with!`] for a row whose vectors, tail included, fit in one fold period
+/// ([`FOLD_BLOCKS`] logical blocks: the short rows): the same additions in the same order, so
+/// the same bits, with one fold at the end and none of the period bookkeeping.
+macro_rules! sum_and_dot_once_with {
+    ($n:literal, $float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr,
+     tail: $tail:expr => $tail_terms:expr) => {{
+        use $crate::kernels::simd::{fold, keep_first, FOLD_BLOCKS};
+        let simd = $simd;
+        let count: usize = $count;
+        let tail: usize = $tail;
+        debug_assert!(count + usize::from(tail > 0) <= FOLD_BLOCKS * $n);
+        let zero = <$float>::splat(simd, <$float>::zero());
+        let mut sums = [zero; $n];
+        let mut dots = [zero; $n];
+        let groups_end = count / $n * $n;
+        let mut group = 0;
+        while group < groups_end {
+            for a in 0..$n {
+                let $k = group + a;
+                let (sum, factor, other) = $terms;
+                sums[a] = <$float>::add_vectors(simd, sums[a], sum);
+                dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
+            }
+            group += $n;
+        }
+        if groups_end < count || tail > 0 {
+            for a in 0..$n {
+                let $k = groups_end + a;
+                if $k < count {
+                    let (sum, factor, other) = $terms;
+                    sums[a] = <$float>::add_vectors(simd, sums[a], sum);
+                    dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
+                } else if $k == count && tail > 0 {
+                    let (sum, factor, other) = $tail_terms;
+                    let sum = keep_first::<$float, _>(sum, tail);
+                    let factor = keep_first::<$float, _>(factor, tail);
+                    sums[a] = <$float>::add_vectors(simd, sums[a], sum);
+                    dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
+                }
+            }
+        }
+        if count > 0 || tail > 0 {
+            // `0.0 +` as in the general form, whose totals start at 0.0 (a -0.0 fold becomes 0.0).
+            (
+                0.0 + fold::<$float, _>(simd, &mut sums, $n),
+                0.0 + fold::<$float, _>(simd, &mut dots, $n),
+            )
+        } else {
+            (0.0, 0.0)
+        }
+    }};
+}
+
+/// [`sum_and_dot_with!`] with the accumulators of the instruction set: `sum_and_dot!(T, …)`;
+/// `sum_and_dot!(once; T, …)` for a row that fits one fold period ([`SHORT_ROW_BYTES`]), by
+/// [`sum_and_dot_once_with!`], which gives the same bits.
 macro_rules! sum_and_dot {
-    ($float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr,
+    (@ $with:ident; $float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr,
      tail: $tail:expr => $tail_terms:expr) => {{
         let simd = $simd;
         // A constant for each instruction set: only one arm is compiled in each body.
         match $crate::kernels::simd::accumulators::<$float, _>(simd) {
-            4 => sum_and_dot_with!(4, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
-            8 => sum_and_dot_with!(8, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
-            16 => sum_and_dot_with!(16, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
-            32 => sum_and_dot_with!(32, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
-            2 => sum_and_dot_with!(2, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
+            4 => $with!(4, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
+            8 => $with!(8, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
+            16 => $with!(16, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
+            32 => $with!(32, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
+            2 => $with!(2, $float, simd, $count, |$k| $terms, tail: $tail => $tail_terms),
             other => unreachable!("{other} accumulators: vectors of 1 to 16 lanes are supported"),
         }
     }};
+    (once; $($rest:tt)*) => {
+        sum_and_dot!(@ sum_and_dot_once_with; $($rest)*)
+    };
+    ($float:ty, $($rest:tt)*) => {
+        sum_and_dot!(@ sum_and_dot_with; $float, $($rest)*)
+    };
 }
 
 /// A row's statistics, in f64 for the record and in the data type for the arithmetic.
@@ -392,7 +459,7 @@ fn first_shift<E: Storage, S: Simd>(simd: S, row: &[E], centered: bool) -> E::Wi
     let (sample, _) = E::split::<S>(&row[..lanes]);
     let zero = T::<E>::splat(simd, T::<E>::zero());
     let count = E::count::<S>(&sample);
-    let (sum, _) = sum_and_dot!(T<E>, simd, count, |k| (E::load(simd, &sample, k), zero, zero), tail: 0 => {
+    let (sum, _) = sum_and_dot!(once; T<E>, simd, count, |k| (E::load(simd, &sample, k), zero, zero), tail: 0 => {
         (zero, zero, zero)
     });
     T::<E>::from_stat(sum / lanes as f64)
@@ -442,9 +509,10 @@ fn finish_stats<T: SimdFloat>(
 
 /// Statistics of one row by a pass over it around `shift`, refined at most twice; `None` when
 /// the row needs the scalar specification (non-finite values, overflowing squares, squares in
-/// the subnormal range with a tiny ε, or no shift close enough to the mean).
+/// the subnormal range with a tiny ε, or no shift close enough to the mean). `SHORT`: the row
+/// fits one fold period (see `sum_and_dot_once_with!`; the same bits, less bookkeeping).
 #[inline(always)]
-fn row_stats_from<E: Storage, S: Simd>(
+fn row_stats_from<E: Storage, S: Simd, const SHORT: bool>(
     simd: S,
     row: &[E],
     mut shift: E::Wide,
@@ -455,18 +523,30 @@ fn row_stats_from<E: Storage, S: Simd>(
     let n = row.len() as f64;
     let (head, tail) = E::split::<S>(row);
     let count = E::count::<S>(&head);
+    let head = E::first(head, count);
     for _ in 0..3 {
         if !shift.is_finite() {
             return None;
         }
         let shift_vector = T::<E>::splat(simd, shift);
-        let (sum, sum_of_squares) = sum_and_dot!(T<E>, simd, count, |k| {
-            let deviation = T::<E>::sub_vectors(simd, E::load(simd, &head, k), shift_vector);
-            (deviation, deviation, deviation)
-        }, tail: tail.len() => {
-            let deviation = T::<E>::sub_vectors(simd, E::load_partial(simd, tail), shift_vector);
-            (deviation, deviation, deviation)
-        });
+        macro_rules! deviations {
+            ($($once:ident;)?) => {
+                sum_and_dot!($($once;)? T<E>, simd, count, |k| {
+                    let deviation =
+                        T::<E>::sub_vectors(simd, E::load(simd, &head, k), shift_vector);
+                    (deviation, deviation, deviation)
+                }, tail: tail.len() => {
+                    let deviation =
+                        T::<E>::sub_vectors(simd, E::load_partial(simd, tail), shift_vector);
+                    (deviation, deviation, deviation)
+                })
+            };
+        }
+        let (sum, sum_of_squares) = if SHORT {
+            deviations!(once;)
+        } else {
+            deviations!()
+        };
         match finish_stats(shift, sum, sum_of_squares, n, eps, centered) {
             StatsStep::Done(stats) => return Some(stats),
             StatsStep::Refine(better) => shift = better,
