@@ -1,6 +1,8 @@
 //! The backward pass: per row, pass A sums `Σ g` and `Σ g·(x − hi)`; pass B writes
 //! `dx = r · (g − mean(g)) − r·mean(g⊙x̂) · x̂` and adds `dy·x̂`, `dy` into the parameter sums.
-//! Pass B of each row is fused with pass A of the next.
+//! Pass B of each row is fused with pass A of the next, except for short rows (at most
+//! `SHORT_ROW_BYTES`), whose two passes run one after the other: there the fused loop's extra
+//! accumulators cost more (spilled to the stack) than overlapping a few reads saves.
 //!
 //! The body is compiled once per combination of gain and wanted gradients ([`BackwardBody`],
 //! const generics), so that no loop tests for any of them.
@@ -48,7 +50,8 @@ flags_trait!(
     BackwardBody: HAS_GAIN, GAIN_GRAD, BIAS_GRAD
 );
 
-/// The backward pass over all rows: pass B of each fast row fused with pass A of the next;
+/// The backward pass over all rows: pass B of each fast row fused with pass A of the next
+/// (long rows);
 /// rows the fast path cannot do exactly go to the scalar specification (their `dyᵢ` still
 /// reaches `dbias` through the same sums as every other row's, so `dbias` never depends on x).
 #[inline(always)]
@@ -94,10 +97,11 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
                 };
                 pending = backward_row::<E, S, V>(
                     simd,
-                    short,
                     current,
                     sums,
-                    fast_row(row + 1),
+                    // Short rows are not fused with the next: a short row's reads are few, and
+                    // the fused loop's registers are many (its accumulators went to the stack).
+                    if short { None } else { fast_row(row + 1) },
                     layer.gain,
                     RowOut {
                         dx: &mut *dx_row,
@@ -333,7 +337,6 @@ fn grad_at<E: Storage, S: Simd, V: BackwardBody>(
 #[inline(always)]
 fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
     simd: S,
-    short: bool,
     row: GradRow<'_, E, S>,
     sums: RowSums,
     next: Option<GradRow<'_, E, S>>,
@@ -383,23 +386,16 @@ fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
         Some(next) => {
             let (next_x, next_dy) = (E::first(next.x, len), E::first(next.dy, len));
             let next_hi = T::<E>::splat(simd, next.stats.hi);
-            macro_rules! fused {
-                ($($once:ident;)?) => {
-                    sum_and_dot!($($once;)? T<E>, simd, len, |k| {
-                        pass_b!(k);
-                        let dy = E::load(simd, &next_dy, k);
-                        let g = if V::HAS_GAIN {
-                            T::<E>::mul_vectors(simd, gain_head[k], dy)
-                        } else {
-                            dy
-                        };
-                        (g, g, T::<E>::sub_vectors(simd, E::load(simd, &next_x, k), next_hi))
-                    }, tail: next.x_tail.len() => {
-                        tail_terms::<E, S, V>(simd, &next, gain_tail, next_hi)
-                    })
+            let (sum_g, sum_g_deviation) = sum_and_dot!(T<E>, simd, len, |k| {
+                pass_b!(k);
+                let dy = E::load(simd, &next_dy, k);
+                let g = if V::HAS_GAIN {
+                    T::<E>::mul_vectors(simd, gain_head[k], dy)
+                } else {
+                    dy
                 };
-            }
-            let (sum_g, sum_g_deviation) = if short { fused!(once;) } else { fused!() };
+                (g, g, T::<E>::sub_vectors(simd, E::load(simd, &next_x, k), next_hi))
+            }, tail: next.x_tail.len() => tail_terms::<E, S, V>(simd, &next, gain_tail, next_hi));
             Some(RowSums {
                 sum_g,
                 sum_g_deviation,
