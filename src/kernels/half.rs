@@ -362,13 +362,14 @@ fn pieces_of<H: HalfElement, S: Simd>(values: &[H]) -> Option<H::Pieces<'_>> {
 }
 
 macro_rules! half_storage {
-    ($half:ty) => {
+    ($half:ty, fuse_short_backward: $fuse:expr) => {
         impl Storage for $half {
             type Wide = f32;
             /// The row's values, a whole number of vectors.
             type Vectors<'a, S: Simd> = HalfVectors<'a, $half>;
             type VectorsMut<'a, S: Simd> = HalfVectorsMut<'a, $half>;
             const AT_MOST_AVX2: bool = true;
+            const FUSE_SHORT_BACKWARD: bool = $fuse;
 
             #[inline(always)]
             fn runs_on_avx2() -> bool {
@@ -568,8 +569,10 @@ macro_rules! half_storage {
     };
 }
 
-half_storage!(half::f16);
-half_storage!(half::bf16);
+half_storage!(half::f16, fuse_short_backward: false);
+// bf16: fused, measured (2048×64 and 65536×64 backward on the 2-core AMD EPYC VM, AVX2): its
+// separate second pass was about 15 % slower than the fused loop, with fewer instructions.
+half_storage!(half::bf16, fuse_short_backward: true);
 
 /// Values widened to f32, into a new buffer (fallback rows only).
 fn widened<H: HalfElement>(values: &[H]) -> Vec<f32> {

@@ -2,7 +2,8 @@
 //! `dx = r · (g − mean(g)) − r·mean(g⊙x̂) · x̂` and adds `dy·x̂`, `dy` into the parameter sums.
 //! Pass B of each row is fused with pass A of the next, except for short rows (at most
 //! `SHORT_ROW_BYTES`), whose two passes run one after the other: there the fused loop's extra
-//! accumulators cost more (spilled to the stack) than overlapping a few reads saves.
+//! accumulators cost more (spilled to the stack) than overlapping a few reads saves. bf16 keeps
+//! the fused loop for short rows too (`Storage::FUSE_SHORT_BACKWARD`): measured faster there.
 //!
 //! The body is compiled once per combination of gain and wanted gradients ([`BackwardBody`],
 //! const generics), so that no loop tests for any of them.
@@ -99,9 +100,14 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
                     simd,
                     current,
                     sums,
-                    // Short rows are not fused with the next: a short row's reads are few, and
-                    // the fused loop's registers are many (its accumulators went to the stack).
-                    if short { None } else { fast_row(row + 1) },
+                    // Short rows are not fused with the next (except where the type says so):
+                    // a short row's reads are few, and the fused loop's registers are many
+                    // (its accumulators went to the stack).
+                    if short && !E::FUSE_SHORT_BACKWARD {
+                        None
+                    } else {
+                        fast_row(row + 1)
+                    },
                     layer.gain,
                     RowOut {
                         dx: &mut *dx_row,
