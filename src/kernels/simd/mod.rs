@@ -240,6 +240,45 @@ fn halving_sum<T: SimdFloat, S: Simd>(simd: S, vector: T::Vector<S>) -> T {
 // a function of its own, without the instruction set's target features, and its intrinsics
 // then become calls. Everything else here is `#[inline(always)]` into the dispatched body.
 
+/// Adds the terms of vectors `$start..$end` of a row into the accumulators `$sums` and `$dots`
+/// (vector `k` into accumulator `(k − $start) mod $n`): whole groups of `$n` vectors, then the
+/// last vectors and, where `$with_tail`, the partial vector `$end` (its lanes from `$tail` on
+/// zeroed). Accumulators are indexed by constants only, so that they stay in registers.
+macro_rules! accumulate_span {
+    ($n:literal, $float:ty, $simd:ident, ($sums:ident, $dots:ident), $start:expr, $end:expr,
+     $with_tail:expr, $tail:expr, |$k:ident| $terms:expr, $tail_terms:expr) => {{
+        use $crate::kernels::simd::keep_first;
+        let (start, end, with_tail): (usize, usize, bool) = ($start, $end, $with_tail);
+        let blocks_end = start + (end - start) / $n * $n;
+        let mut group = start;
+        while group < blocks_end {
+            for a in 0..$n {
+                let $k = group + a;
+                let (sum, factor, other) = $terms;
+                $sums[a] = <$float>::add_vectors($simd, $sums[a], sum);
+                $dots[a] = <$float>::mul_add_vectors($simd, factor, other, $dots[a]);
+            }
+            group += $n;
+        }
+        if blocks_end < end || with_tail {
+            for a in 0..$n {
+                let $k = blocks_end + a;
+                if $k < end {
+                    let (sum, factor, other) = $terms;
+                    $sums[a] = <$float>::add_vectors($simd, $sums[a], sum);
+                    $dots[a] = <$float>::mul_add_vectors($simd, factor, other, $dots[a]);
+                } else if $k == end && with_tail {
+                    let (sum, factor, other) = $tail_terms;
+                    let sum = keep_first::<$float, _>(sum, $tail);
+                    let factor = keep_first::<$float, _>(factor, $tail);
+                    $sums[a] = <$float>::add_vectors($simd, $sums[a], sum);
+                    $dots[a] = <$float>::mul_add_vectors($simd, factor, other, $dots[a]);
+                }
+            }
+        }
+    }};
+}
+
 /// `(Σ sum, Σ factor · other)` over a row's `count` full vectors, whose terms are
 /// `|k| (sumₖ, factorₖ, otherₖ)`, and its last, partial vector of `tail` values, whose terms
 /// are `tail_terms` (lanes past the row's end are zeroed).
@@ -254,7 +293,7 @@ fn halving_sum<T: SimdFloat, S: Simd>(simd: S, vector: T::Vector<S>) -> T {
 macro_rules! sum_and_dot_with {
     ($n:literal, $float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr,
      tail: $tail:expr => $tail_terms:expr) => {{
-        use $crate::kernels::simd::{fold, keep_first, FOLD_BLOCKS};
+        use $crate::kernels::simd::{fold, FOLD_BLOCKS};
         let simd = $simd;
         let count: usize = $count;
         let tail: usize = $tail;
@@ -267,37 +306,20 @@ macro_rules! sum_and_dot_with {
         let mut start = 0;
         loop {
             let end = (start + period).min(count);
-            let blocks_end = start + (end - start) / accumulators * accumulators;
-            let mut group = start;
-            while group < blocks_end {
-                for a in 0..accumulators {
-                    let $k = group + a;
-                    let (sum, factor, other) = $terms;
-                    sums[a] = <$float>::add_vectors(simd, sums[a], sum);
-                    dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
-                }
-                group += accumulators;
-            }
-            // The last vectors of a period, and the partial vector (vector `count`, in this
-            // period unless the period is full). Accumulators are indexed by constants only,
-            // so that they stay in registers.
+            // The partial vector (vector `count`) is in this period unless the period is full.
             let with_tail = end == count && end - start < period && tail > 0;
-            if blocks_end < end || with_tail {
-                for a in 0..accumulators {
-                    let $k = blocks_end + a;
-                    if $k < end {
-                        let (sum, factor, other) = $terms;
-                        sums[a] = <$float>::add_vectors(simd, sums[a], sum);
-                        dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
-                    } else if $k == end && with_tail {
-                        let (sum, factor, other) = $tail_terms;
-                        let sum = keep_first::<$float, _>(sum, tail);
-                        let factor = keep_first::<$float, _>(factor, tail);
-                        sums[a] = <$float>::add_vectors(simd, sums[a], sum);
-                        dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
-                    }
-                }
-            }
+            accumulate_span!(
+                $n,
+                $float,
+                simd,
+                (sums, dots),
+                start,
+                end,
+                with_tail,
+                tail,
+                |$k| $terms,
+                $tail_terms
+            );
             if end > start || with_tail {
                 total_sum += fold::<$float, _>(simd, &mut sums, accumulators);
                 total_dot += fold::<$float, _>(simd, &mut dots, accumulators);
@@ -317,7 +339,7 @@ macro_rules! sum_and_dot_with {
 macro_rules! sum_and_dot_once_with {
     ($n:literal, $float:ty, $simd:expr, $count:expr, |$k:ident| $terms:expr,
      tail: $tail:expr => $tail_terms:expr) => {{
-        use $crate::kernels::simd::{fold, keep_first, FOLD_BLOCKS};
+        use $crate::kernels::simd::{fold, FOLD_BLOCKS};
         let simd = $simd;
         let count: usize = $count;
         let tail: usize = $tail;
@@ -325,33 +347,18 @@ macro_rules! sum_and_dot_once_with {
         let zero = <$float>::splat(simd, <$float>::zero());
         let mut sums = [zero; $n];
         let mut dots = [zero; $n];
-        let groups_end = count / $n * $n;
-        let mut group = 0;
-        while group < groups_end {
-            for a in 0..$n {
-                let $k = group + a;
-                let (sum, factor, other) = $terms;
-                sums[a] = <$float>::add_vectors(simd, sums[a], sum);
-                dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
-            }
-            group += $n;
-        }
-        if groups_end < count || tail > 0 {
-            for a in 0..$n {
-                let $k = groups_end + a;
-                if $k < count {
-                    let (sum, factor, other) = $terms;
-                    sums[a] = <$float>::add_vectors(simd, sums[a], sum);
-                    dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
-                } else if $k == count && tail > 0 {
-                    let (sum, factor, other) = $tail_terms;
-                    let sum = keep_first::<$float, _>(sum, tail);
-                    let factor = keep_first::<$float, _>(factor, tail);
-                    sums[a] = <$float>::add_vectors(simd, sums[a], sum);
-                    dots[a] = <$float>::mul_add_vectors(simd, factor, other, dots[a]);
-                }
-            }
-        }
+        accumulate_span!(
+            $n,
+            $float,
+            simd,
+            (sums, dots),
+            0,
+            count,
+            tail > 0,
+            tail,
+            |$k| $terms,
+            $tail_terms
+        );
         if count > 0 || tail > 0 {
             // `0.0 +` as in the general form, whose totals start at 0.0 (a -0.0 fold becomes 0.0).
             (
