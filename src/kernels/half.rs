@@ -362,14 +362,13 @@ fn pieces_of<H: HalfElement, S: Simd>(values: &[H]) -> Option<H::Pieces<'_>> {
 }
 
 macro_rules! half_storage {
-    ($half:ty, fuse_short_backward: $fuse:expr) => {
+    ($half:ty) => {
         impl Storage for $half {
             type Wide = f32;
             /// The row's values, a whole number of vectors.
             type Vectors<'a, S: Simd> = HalfVectors<'a, $half>;
             type VectorsMut<'a, S: Simd> = HalfVectorsMut<'a, $half>;
             const AT_MOST_AVX2: bool = true;
-            const FUSE_SHORT_BACKWARD: bool = $fuse;
 
             #[inline(always)]
             fn runs_on_avx2() -> bool {
@@ -387,6 +386,7 @@ macro_rules! half_storage {
                     centered: layer.centered,
                     eps: f64::from(layer.eps),
                     stores: layer.stores,
+                    from_memory: layer.from_memory,
                 }
             }
             #[inline(always)]
@@ -569,10 +569,10 @@ macro_rules! half_storage {
     };
 }
 
-half_storage!(half::f16, fuse_short_backward: false);
+half_storage!(half::f16);
 // bf16: fused, measured (2048×64 and 65536×64 backward on the 2-core AMD EPYC VM, AVX2): its
 // separate second pass was about 15 % slower than the fused loop, with fewer instructions.
-half_storage!(half::bf16, fuse_short_backward: true);
+half_storage!(half::bf16);
 
 /// Values widened to f32, into a new buffer (fallback rows only).
 fn widened<H: HalfElement>(values: &[H]) -> Vec<f32> {
@@ -843,6 +843,7 @@ mod tests {
             centered: true,
             eps: 1e-5,
             stores: Stores::Cached,
+            from_memory: false,
         };
         let forward = || {
             let mut y = vec![f16::ZERO; x.len()];

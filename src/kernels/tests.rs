@@ -109,6 +109,7 @@ fn check_type<T: SimdFloat + Storage>(ulps_at_zero_offset: f64, offsets: &[f64])
                             centered,
                             eps: 1e-5,
                             stores: Stores::Cached,
+                            from_memory: false,
                         };
                         let context = format!(
                             "{name} dim {dim} start {start} offset {mean_offset} gain {} bias {} centered {centered}",
@@ -371,6 +372,7 @@ fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
             centered: true,
             eps: 0.0,
             stores: Stores::Cached,
+            from_memory: false,
         };
         let mut spec = vec![0.0f32; x.len()];
         forward(None, layer, Some(&x), &mut spec, None);
@@ -415,6 +417,18 @@ fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
     }
 }
 
+/// The store choices and `from_memory` settings the kernels are compared under: both store
+/// paths, and the backward's separate and fused passes (`from_memory` fuses rows longer than
+/// `SHORT_ROW_BYTES`).
+fn store_choices() -> [(Stores, bool); 4] {
+    [
+        (Stores::Cached, false),
+        (Stores::Cached, true),
+        (Stores::streaming(), false),
+        (Stores::streaming(), true),
+    ]
+}
+
 /// Everything one instruction set computes for `x`: forward out of place (y, means, inv_stds),
 /// in place, and backward (dx, gain sums, bias sums), as bit patterns.
 fn all_results<T: SimdFloat + Storage>(
@@ -447,6 +461,21 @@ fn all_results<T: SimdFloat + Storage>(
     let (mut gain_sums, mut bias_sums) = (vec![0.0; dim], vec![0.0; dim]);
     let sums = both_sums(&mut gain_sums, &mut bias_sums);
     backward(Some(arch), rows_in, &mut dx, None, sums);
+    // With a `dsum` added to each row (the fused residual step's backward), no sums wanted.
+    let dsum: Vec<T> = dy.iter().map(|&v| v * T::from_stat(0.25)).collect();
+    let mut dx_with_sum = vec![T::zero(); x.len()];
+    let no_sums = GradSums {
+        gain: None,
+        bias: None,
+    };
+    let rows_in = BackwardRows {
+        layer,
+        x,
+        dy,
+        means: &means,
+        inv_stds: &inv_stds,
+    };
+    backward(Some(arch), rows_in, &mut dx_with_sum, Some(&dsum), no_sums);
     vec![
         bits(&y),
         f64_bits(&means),
@@ -455,6 +484,7 @@ fn all_results<T: SimdFloat + Storage>(
         bits(&dx),
         f64_bits(&gain_sums),
         f64_bits(&bias_sums),
+        bits(&dx_with_sum),
     ]
 }
 
@@ -482,14 +512,19 @@ fn check_same_bits<T: SimdFloat + Storage>(offsets: &[f64]) {
                         centered,
                         eps: 1e-5,
                         stores: Stores::Cached,
+                        from_memory: false,
                     };
                     let reference = all_results(pulp::Arch::Scalar, x, dy, layer);
                     for &(name, arch) in &sets {
-                        for stores in [Stores::Cached, Stores::streaming()] {
-                            let layer = Layer { stores, ..layer };
+                        for (stores, from_memory) in store_choices() {
+                            let layer = Layer {
+                                stores,
+                                from_memory,
+                                ..layer
+                            };
                             assert!(
                                 all_results(arch, x, dy, layer) == reference,
-                                "{name} {stores:?} differs from scalar: dim {dim} start {start} offset {mean_offset} centered {centered}"
+                                "{name} {stores:?} from memory {from_memory} differs from scalar: dim {dim} start {start} offset {mean_offset} centered {centered}"
                             );
                         }
                     }
@@ -521,11 +556,16 @@ fn fallback_rows_are_the_same_bits_on_every_instruction_set() {
             centered: true,
             eps: 0.0,
             stores: Stores::Cached,
+            from_memory: false,
         };
         let reference = all_results(pulp::Arch::Scalar, &x, &dy, layer);
         for (name, arch) in instruction_sets() {
-            for stores in [Stores::Cached, Stores::streaming()] {
-                let layer = Layer { stores, ..layer };
+            for (stores, from_memory) in store_choices() {
+                let layer = Layer {
+                    stores,
+                    from_memory,
+                    ..layer
+                };
                 assert!(
                     all_results(arch, &x, &dy, layer) == reference,
                     "{name} {stores:?} differs from scalar on mixed rows of {dim}"
@@ -712,14 +752,19 @@ mod half_rows {
                     centered,
                     eps: 1e-5,
                     stores: Stores::Cached,
+                    from_memory: false,
                 };
                 let reference = results(None, &x, &dy, layer);
                 for &(name, arch) in &sets {
-                    for stores in [Stores::Cached, Stores::streaming()] {
-                        let layer = Layer { stores, ..layer };
+                    for (stores, from_memory) in store_choices() {
+                        let layer = Layer {
+                            stores,
+                            from_memory,
+                            ..layer
+                        };
                         assert!(
                             results(Some(arch), &x, &dy, layer) == reference,
-                            "{name} {stores:?}: dim {dim} centered {centered}"
+                            "{name} {stores:?} from memory {from_memory}: dim {dim} centered {centered}"
                         );
                     }
                 }

@@ -12,7 +12,8 @@
 //! 1.2–1.6× faster at 128 MiB outputs; on a 2-core AMD EPYC VM the forward gained at DRAM
 //! sizes, and the backward lost 10–15 % on one thread one day and 6× the next: the forward
 //! streams `y` by size, the backward keeps ordinary stores unless forced
-//! ([`Stores::for_backward_output`]).
+//! ([`Stores::for_backward_output`]). Forced, the backward now writes each row of `dx` in
+//! cache and streams the finished row out whole ([`copy_row`]).
 //!
 //! Streaming stores here are `vmovntdq` on 16-byte pieces (x86-64 with AVX, which every CPU
 //! the SIMD kernels use has); elsewhere [`Stores::streaming`] gives ordinary stores. 16-byte
@@ -62,9 +63,7 @@ impl Stores {
     pub(crate) fn for_output(bytes: usize) -> Self {
         match forced() {
             Some(stores) => stores,
-            None if bytes >= (last_level_cache() / 2).min(ALWAYS_STREAM_BYTES) => {
-                Stores::streaming()
-            }
+            None if !fits_in_cache(bytes) => Stores::streaming(),
             None => Stores::Cached,
         }
     }
@@ -74,7 +73,10 @@ impl Stores {
     /// faster at 48–128 MiB outputs, but on the 2-core AMD EPYC VM on 2026-11-29 it made it 6×
     /// slower (4096×1024 f32, one thread: 45 ms against 7 ms, the forward unaffected), where
     /// a day before it had cost 10–15 %: the backward's many concurrent streams can break up
-    /// its write-combining. A possible 6× loss outweighs a 1.5× gain.
+    /// its write-combining. Those runs streamed each vector of `dx` as the loop made it; since
+    /// then the backward streams whole finished rows from a row in cache, which on that VM was
+    /// neither slower nor faster than ordinary stores (BENCHMARKS.md). Not yet measured where
+    /// streaming paid (the Xeon), so ordinary stores stay the default.
     pub(crate) fn for_backward_output() -> Self {
         forced().unwrap_or(Stores::Cached)
     }
@@ -122,8 +124,9 @@ fn forced() -> Option<Stores> {
 /// `ROW_CHECKED = true` checks the row's start once (every piece of an aligned row is
 /// aligned), for the half loops: the compiler did not lift their per-piece address check,
 /// about six of the f16 forward's thirty instructions per vector (2-core AMD EPYC VM). What is
-/// left per piece is the test of the job's stores, which it lifts out of the f16 forward loop
-/// (not out of the backward loops: one well-predicted branch per vector there).
+/// left per piece is the test of the job's stores, which it lifts out of the f16 forward loop.
+/// The backward loops always store ordinarily (into `dx`, or into a row in cache that is then
+/// streamed out by [`copy_row`]), so they test nothing.
 pub(crate) struct OutVectors<'a, V, const ROW_CHECKED: bool = false> {
     vectors: &'a mut [V],
     /// The job's stores (the same for every row).
@@ -202,6 +205,31 @@ impl<'a, V: bytemuck::Pod, const ROW_CHECKED: bool> OutVectors<'a, V, ROW_CHECKE
     }
 }
 
+/// Copies `source` into `target` (of the same length): with streaming stores for its 16-byte
+/// aligned middle where `stores` say so, one 16-byte piece after the other (whole cache lines
+/// in order, which the CPU's write-combining buffers handle best), ordinary copies otherwise.
+/// The backward pass writes each row of `dx` into a row in cache and streams it out with this
+/// (see `simd::backward`).
+pub(crate) fn copy_row<E: bytemuck::Pod>(stores: Stores, target: &mut [E], source: &[E]) {
+    assert_eq!(target.len(), source.len(), "copy_row: lengths differ");
+    if stores == Stores::Cached {
+        target.copy_from_slice(source);
+        return;
+    }
+    let source: &[u8] = bytemuck::cast_slice(source);
+    let target: &mut [u8] = bytemuck::cast_slice_mut(target);
+    let (head, middle, tail) = bytemuck::pod_align_to_mut::<u8, [u8; 16]>(target);
+    let (source_head, rest) = source.split_at(head.len());
+    let (source_middle, source_tail) = rest.split_at(middle.len() * 16);
+    head.copy_from_slice(source_head);
+    tail.copy_from_slice(source_tail);
+    let mut pieces = OutVectors::<[u8; 16], true>::new(stores, middle);
+    let (source_pieces, _) = source_middle.as_chunks::<16>();
+    for (k, &piece) in source_pieces.iter().enumerate() {
+        pieces.put(k, piece);
+    }
+}
+
 /// Writes `vector` into `target` by streaming stores, 16 bytes at a time: only where the CPU
 /// has AVX (`Stores::Streaming` holds the proof), `target` is 16-byte aligned and `V` is a
 /// whole number of 16-byte pieces, which [`OutVectors::put`] makes sure of before it calls
@@ -231,6 +259,12 @@ fn stream_pieces<V: bytemuck::Pod>(target: &mut V, vector: V) {
             )
         }
     }
+}
+
+/// Whether `bytes` of one call's data stay in cache: less than half the last-level cache (the
+/// rest of the call's data beside them) and less than [`ALWAYS_STREAM_BYTES`].
+pub(crate) fn fits_in_cache(bytes: usize) -> bool {
+    bytes < (last_level_cache() / 2).min(ALWAYS_STREAM_BYTES)
 }
 
 /// Size of the largest CPU cache in bytes (Linux's sysfs; [`DEFAULT_LAST_LEVEL_CACHE`]
@@ -323,6 +357,23 @@ mod tests {
     fn both_stores_write_the_value_at_any_alignment() {
         write_at_every_alignment::<false>();
         write_at_every_alignment::<true>();
+    }
+
+    #[test]
+    fn rows_copy_whole_at_any_alignment() {
+        let source: Vec<u16> = (0..200).collect();
+        for stores in [Stores::Cached, Stores::streaming()] {
+            for offset in 0..9 {
+                for len in [0, 1, 7, 8, 9, 63, 64, 65, 190] {
+                    let mut target = vec![0u16; 200];
+                    copy_row(stores, &mut target[offset..offset + len], &source[..len]);
+                    stores.finish();
+                    assert_eq!(&target[offset..offset + len], &source[..len]);
+                    assert!(target[..offset].iter().all(|&v| v == 0));
+                    assert!(target[offset + len..].iter().all(|&v| v == 0));
+                }
+            }
+        }
     }
 
     #[test]

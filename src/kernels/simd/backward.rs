@@ -1,9 +1,7 @@
 //! The backward pass: per row, pass A sums `Σ g` and `Σ g·(x − hi)`; pass B writes
 //! `dx = r · (g − mean(g)) − r·mean(g⊙x̂) · x̂` and adds `dy·x̂`, `dy` into the parameter sums.
-//! Pass B of each row is fused with pass A of the next, except for short rows (at most
-//! `SHORT_ROW_BYTES`), whose two passes run one after the other: there the fused loop's extra
-//! accumulators cost more (spilled to the stack) than overlapping a few reads saves. bf16 keeps
-//! the fused loop for short rows too (`Storage::FUSE_SHORT_BACKWARD`): measured faster there.
+//! Rows of at most [`SEPARATE_PASSES_ROW_BYTES`] run their two passes one after the other
+//! (except from memory); longer rows fuse pass B of each row with pass A of the next.
 //!
 //! The body is compiled once per combination of gain and wanted gradients ([`BackwardBody`],
 //! const generics), so that no loop tests for any of them.
@@ -11,10 +9,23 @@
 use super::storage::WideVector;
 use super::{Normalizer, RowStats, SimdFloat, Storage, FOLD_ROWS, SHORT_ROW_BYTES};
 use crate::element::Element;
-use crate::kernels::stream::Stores;
+use crate::kernels::stream::{copy_row, Stores};
 use crate::kernels::{add_into, BackwardRows, GradSums};
 use num_traits::Zero;
 use pulp::{Simd, WithSimd};
+
+/// Rows of at most this many bytes in the compute type run pass A and pass B one after the
+/// other, unless the call's inputs come from memory (`Layer::from_memory`) and the rows are
+/// longer than `SHORT_ROW_BYTES`; other rows fuse pass B of each row with pass A of the next,
+/// so that reading the next row overlaps writing this one. Up to this length a row's x, dy,
+/// gain, dx and parameter sums stay in the L1 cache between the passes, and the separate loops
+/// are shorter: the fused loop holds more values than there are vector registers (its
+/// accumulators went to the stack). Measured on the 2-core AMD EPYC VM (AVX2, 2026-11-29,
+/// BENCHMARKS.md): in cache, separate passes were 1.16× (f32), 1.13× (f16), 1.17× (bf16) the
+/// fused loop's speed at 512×1024 and 1.06–1.29× at 2048×64; from memory, at 4096×1024, the
+/// fused loop was faster (f32 1.18×), and f64 rows of 1024 values (8 KiB) were 1.6× faster
+/// fused even in cache. Same bits either way.
+const SEPARATE_PASSES_ROW_BYTES: usize = 4 << 10;
 
 /// A backward call: its inputs, `dx` (and `dsum`), the parameter-gradient totals (f64, one
 /// row of `dim` for the whole call) and the kernel's working memory (short partial sums in
@@ -51,10 +62,10 @@ flags_trait!(
     BackwardBody: HAS_GAIN, GAIN_GRAD, BIAS_GRAD
 );
 
-/// The backward pass over all rows: pass B of each fast row fused with pass A of the next
-/// (long rows);
-/// rows the fast path cannot do exactly go to the scalar specification (their `dyᵢ` still
-/// reaches `dbias` through the same sums as every other row's, so `dbias` never depends on x).
+/// The backward pass over all rows: each fast row's two passes one after the other, or (long
+/// rows) pass B of each fused with pass A of the next. Rows the fast path cannot do exactly go
+/// to the scalar specification (their `dyᵢ` still reaches `dbias` through the same sums as
+/// every other row's, so `dbias` never depends on x).
 #[inline(always)]
 fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backward<'_, E>) {
     type T<E> = <E as Storage>::Wide;
@@ -63,11 +74,22 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
     let (mut partial_gain, mut partial_bias) = (backward.totals.gain, backward.totals.bias);
     let layer = E::wide_layer(rows.layer);
     let dim = layer.dim;
+    // With streaming stores, each row of dx is written into a row in cache (`staging`, after
+    // the two sums in the scratch memory) and then streamed out whole, in order: streaming
+    // each vector as the loop made it, among the loop's other streams, was up to 6× slower on
+    // one machine. The loops themselves always store ordinarily, so they test no store choice.
+    let stream_dx = layer.stores != Stores::Cached;
+    let staging_len = if stream_dx { dim } else { 0 };
     scratch.clear();
-    scratch.resize(2 * dim, T::<E>::zero());
-    let (gain_sums, bias_sums) = scratch.split_at_mut(dim);
+    scratch.resize(2 * dim + staging_len, T::<E>::zero());
+    let (gain_sums, rest) = scratch.split_at_mut(dim);
+    let (bias_sums, staging) = rest.split_at_mut(dim);
+    // The compute type is at least as wide as the storage type: `dim` of it hold a row.
+    let staging: &mut [E] = &mut bytemuck::cast_slice_mut(staging)[..staging_len];
     let n = dim as f64;
-    let short = dim * size_of::<T<E>>() <= SHORT_ROW_BYTES;
+    let row_bytes = dim * size_of::<T<E>>();
+    let short = row_bytes <= SHORT_ROW_BYTES;
+    let fuse = row_bytes > SEPARATE_PASSES_ROW_BYTES || (!short && layer.from_memory);
     let (gain_head, gain_tail) = layer.gain.map_or((&[][..], &[][..]), <T<E>>::split::<S>);
     let stats_of = |row: usize| {
         let mean = E::stat_to_f64(*rows.means.get(row)?);
@@ -90,7 +112,8 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
     let mut fallback_gain: Option<Vec<f64>> = None;
     let mut pending: Option<RowSums> = None;
     for (row, dx_row) in dx.chunks_exact_mut(dim).enumerate() {
-        match fast_row(row) {
+        // Whether this row's dx went to the staging row.
+        let staged = match fast_row(row) {
             Some(current) => {
                 let sums = match pending.take() {
                     Some(sums) => sums,
@@ -100,22 +123,19 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
                     simd,
                     current,
                     sums,
-                    // Short rows are not fused with the next (except where the type says so):
-                    // a short row's reads are few, and the fused loop's registers are many
-                    // (its accumulators went to the stack).
-                    if short && !E::FUSE_SHORT_BACKWARD {
-                        None
-                    } else {
-                        fast_row(row + 1)
-                    },
+                    if fuse { fast_row(row + 1) } else { None },
                     layer.gain,
                     RowOut {
-                        dx: &mut *dx_row,
+                        dx: if stream_dx {
+                            &mut *staging
+                        } else {
+                            &mut *dx_row
+                        },
                         gain_sums: &mut *gain_sums,
                         bias_sums: &mut *bias_sums,
-                        stores: layer.stores,
                     },
                 );
+                stream_dx
             }
             None => {
                 let range = row * dim..(row + 1) * dim;
@@ -132,10 +152,15 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
                         *sum = *sum + E::widen(dy);
                     }
                 }
+                false
             }
-        }
+        };
         if let Some(dsum) = dsum {
-            add_into(dx_row, &dsum[row * dim..(row + 1) * dim]);
+            let target = if staged { &mut *staging } else { &mut *dx_row };
+            add_into(target, &dsum[row * dim..(row + 1) * dim]);
+        }
+        if staged {
+            copy_row(layer.stores, dx_row, staging);
         }
         if (row + 1) % FOLD_ROWS == 0 {
             fold_into(
@@ -207,16 +232,20 @@ fn grad_sums<E: Storage, S: Simd, V: BackwardBody>(
 ) -> RowSums {
     type T<E> = <E as Storage>::Wide;
     let hi = T::<E>::splat(simd, row.stats.hi);
+    // Every slice the loop indexes cut to the row's vectors: no bounds checks in it.
+    let len = row.len;
+    let (x, dy) = (E::first(row.x, len), E::first(row.dy, len));
+    let gain = if V::HAS_GAIN { &gain[..len] } else { gain };
     macro_rules! sums {
         ($($once:ident;)?) => {
-            sum_and_dot!($($once;)? T<E>, simd, row.len, |k| {
-                let dy = E::load(simd, &row.dy, k);
+            sum_and_dot!($($once;)? T<E>, simd, len, |k| {
+                let dy = E::load(simd, &dy, k);
                 let g = if V::HAS_GAIN {
                     T::<E>::mul_vectors(simd, gain[k], dy)
                 } else {
                     dy
                 };
-                (g, g, T::<E>::sub_vectors(simd, E::load(simd, &row.x, k), hi))
+                (g, g, T::<E>::sub_vectors(simd, E::load(simd, &x, k), hi))
             }, tail: row.x_tail.len() => tail_terms::<E, S, V>(simd, &row, gain_tail, hi))
         };
     }
@@ -300,7 +329,6 @@ struct RowOut<'a, E: Storage> {
     dx: &'a mut [E],
     gain_sums: &'a mut [E::Wide],
     bias_sums: &'a mut [E::Wide],
-    stores: Stores,
 }
 
 /// Pass B over a row's full vectors: the gain it reads, the outputs it writes.
@@ -354,7 +382,6 @@ fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
         dx,
         gain_sums,
         bias_sums,
-        stores,
     } = out;
     let (gain_head, gain_tail) = gain.map_or((&[][..], &[][..]), <T<E>>::split::<S>);
     let len = row.len;
@@ -364,7 +391,7 @@ fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
         gain_head
     };
     let input_grad = InputGrad::new::<E, S>(simd, row, sums);
-    let (dx_head, dx_tail) = E::split_mut::<S>(dx, stores);
+    let (dx_head, dx_tail) = E::split_mut::<S>(dx, Stores::Cached);
     let (gain_sums_head, gain_sums_tail) = <T<E>>::split_mut::<S>(gain_sums);
     let (bias_sums_head, bias_sums_tail) = <T<E>>::split_mut::<S>(bias_sums);
     let mut out = PassB::<E, S> {
@@ -381,10 +408,11 @@ fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
             bias_sums_head
         },
     };
+    let (row_x, row_dy) = (E::first(row.x, len), E::first(row.dy, len));
     // Pass B at vector `k`.
     macro_rules! pass_b {
         ($k:expr) => {{
-            let (x, dy) = (E::load(simd, &row.x, $k), E::load(simd, &row.dy, $k));
+            let (x, dy) = (E::load(simd, &row_x, $k), E::load(simd, &row_dy, $k));
             grad_at::<E, S, V>(simd, $k, x, dy, &input_grad, &mut out)
         }};
     }

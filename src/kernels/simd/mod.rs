@@ -194,24 +194,22 @@ fn keep_first<T: SimdFloat, S: Simd>(mut vector: T::Vector<S>, valid: usize) -> 
     vector
 }
 
-/// The sum of the accumulators `parts[..count]`, widened to f64, by one fixed tree over the
-/// logical lanes whatever the instruction set: lane `j` is added to lane `j + L/2`, then to
-/// `j + L/4`, and so on (across accumulators while there are several, then within the last
-/// vector). Every instruction set performs the same additions on the same values. Resets the
-/// accumulators to zero.
+/// The sum of the `N` accumulators `parts`, widened to f64, by one fixed tree over the logical
+/// lanes whatever the instruction set: lane `j` is added to lane `j + L/2`, then to `j + L/4`,
+/// and so on (across accumulators while there are several, then within the last vector). Every
+/// instruction set performs the same additions on the same values. The accumulators are taken
+/// by value (an array of constant length), so that they can stay in registers in the loops
+/// that fill them.
 #[inline(always)]
-fn fold<T: SimdFloat, S: Simd>(simd: S, parts: &mut [T::Vector<S>], count: usize) -> f64 {
-    let mut width = count;
+fn fold<T: SimdFloat, S: Simd, const N: usize>(simd: S, mut parts: [T::Vector<S>; N]) -> f64 {
+    let mut width = N;
     while width > 1 {
         width /= 2;
         for a in 0..width {
             parts[a] = T::add_vectors(simd, parts[a], parts[a + width]);
         }
     }
-    let total = halving_sum::<T, S>(simd, parts[0]).to_stat();
-    let zero = T::splat(simd, T::zero());
-    parts[..count].fill(zero);
-    total
+    halving_sum::<T, S>(simd, parts[0]).to_stat()
 }
 
 /// The lanes of `vector` summed by the halving tree: lane `l` plus lane `l + w/2`, then
@@ -321,8 +319,9 @@ macro_rules! sum_and_dot_with {
                 $tail_terms
             );
             if end > start || with_tail {
-                total_sum += fold::<$float, _>(simd, &mut sums, accumulators);
-                total_dot += fold::<$float, _>(simd, &mut dots, accumulators);
+                total_sum += fold::<$float, _, $n>(simd, sums);
+                total_dot += fold::<$float, _, $n>(simd, dots);
+                (sums, dots) = ([zero; $n], [zero; $n]);
             }
             if end == count && (with_tail || tail == 0) {
                 break;
@@ -362,8 +361,8 @@ macro_rules! sum_and_dot_once_with {
         if count > 0 || tail > 0 {
             // `0.0 +` as in the general form, whose totals start at 0.0 (a -0.0 fold becomes 0.0).
             (
-                0.0 + fold::<$float, _>(simd, &mut sums, $n),
-                0.0 + fold::<$float, _>(simd, &mut dots, $n),
+                0.0 + fold::<$float, _, $n>(simd, sums),
+                0.0 + fold::<$float, _, $n>(simd, dots),
             )
         } else {
             (0.0, 0.0)

@@ -29,10 +29,6 @@ pub(crate) trait Storage: Element + Pod {
     /// Whether the kernels run at most 256-bit vectors for this type (AVX2 on an AVX-512
     /// machine): the half conversions are written for AVX2. The result is the same bits.
     const AT_MOST_AVX2: bool;
-    /// Whether the backward fuses a short row's second pass with the next row's first pass, as
-    /// it does for long rows (see `simd::backward`): a choice by measurement, per type. The
-    /// result is the same bits either way.
-    const FUSE_SHORT_BACKWARD: bool;
     /// Whether this CPU has what the type's AVX2 kernels need beyond AVX2 and FMA (f16: F16C;
     /// every AVX2 CPU known has it). Where it does not, the type's kernels run without SIMD.
     fn runs_on_avx2() -> bool;
@@ -116,7 +112,6 @@ macro_rules! plain_storage {
             type Vectors<'a, S: Simd> = &'a [<$float as SimdFloat>::Vector<S>];
             type VectorsMut<'a, S: Simd> = OutVectors<'a, <$float as SimdFloat>::Vector<S>>;
             const AT_MOST_AVX2: bool = false;
-            const FUSE_SHORT_BACKWARD: bool = false;
 
             fn runs_on_avx2() -> bool {
                 true
