@@ -21,10 +21,10 @@ use pulp::{Simd, WithSimd};
 /// gain, dx and parameter sums stay in the L1 cache between the passes, and the separate loops
 /// are shorter: the fused loop holds more values than there are vector registers (its
 /// accumulators went to the stack). Measured on the 2-core AMD EPYC VM (AVX2, 2026-11-29,
-/// BENCHMARKS.md): in cache, separate passes were 1.16× (f32), 1.13× (f16), 1.17× (bf16) the
-/// fused loop's speed at 512×1024 and 1.06–1.29× at 2048×64; from memory, at 4096×1024, the
-/// fused loop was faster (f32 1.18×), and f64 rows of 1024 values (8 KiB) were 1.6× faster
-/// fused even in cache. Same bits either way.
+/// BENCHMARKS.md): in cache, the backward with separate passes ran 1.16–1.23× as fast at
+/// 512×1024 (f32, f16, bf16) and 1.11–1.34× at 2048×64; from memory, at 4096×1024, separate
+/// passes ran at 0.82–0.99× the fused loop's speed (f32), and f64 rows of 1024 values (8 KiB)
+/// at 0.64× even in cache. Same bits either way.
 const SEPARATE_PASSES_ROW_BYTES: usize = 4 << 10;
 
 /// A backward call: its inputs, `dx` (and `dsum`), the parameter-gradient totals (f64, one

@@ -198,8 +198,7 @@ fn keep_first<T: SimdFloat, S: Simd>(mut vector: T::Vector<S>, valid: usize) -> 
 /// lanes whatever the instruction set: lane `j` is added to lane `j + L/2`, then to `j + L/4`,
 /// and so on (across accumulators while there are several, then within the last vector). Every
 /// instruction set performs the same additions on the same values. The accumulators are taken
-/// by value (an array of constant length), so that they can stay in registers in the loops
-/// that fill them.
+/// by value, an array of constant length; the caller starts the next period from zeros.
 #[inline(always)]
 fn fold<T: SimdFloat, S: Simd, const N: usize>(simd: S, mut parts: [T::Vector<S>; N]) -> f64 {
     let mut width = N;
