@@ -7,7 +7,7 @@
 //! const generics), so that no loop tests for any of them.
 
 use super::storage::WideVector;
-use super::{Normalizer, RowStats, SimdFloat, Storage, FOLD_ROWS, SHORT_ROW_BYTES};
+use super::{Normalizer, RowLength, RowStats, SimdFloat, Storage, FOLD_ROWS, SHORT_ROW_BYTES};
 use crate::element::Element;
 use crate::kernels::stream::{copy_row, Stores};
 use crate::kernels::{add_into, BackwardRows, GradSums};
@@ -87,6 +87,7 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
     // The compute type is at least as wide as the storage type: `dim` of it hold a row.
     let staging: &mut [E] = &mut bytemuck::cast_slice_mut(staging)[..staging_len];
     let n = dim as f64;
+    let length = RowLength::new(dim);
     let row_bytes = dim * size_of::<T<E>>();
     let short = row_bytes <= SHORT_ROW_BYTES;
     let fuse = row_bytes > SEPARATE_PASSES_ROW_BYTES || (!short && layer.from_memory);
@@ -125,6 +126,7 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
                     sums,
                     if fuse { fast_row(row + 1) } else { None },
                     layer.gain,
+                    length,
                     RowOut {
                         dx: if stream_dx {
                             &mut *staging
@@ -289,18 +291,25 @@ struct InputGrad<V> {
 impl<V: Copy> InputGrad<V> {
     /// From the row's reductions.
     #[inline(always)]
-    fn new<E: Storage, S: Simd>(simd: S, row: GradRow<'_, E, S>, sums: RowSums) -> Self
+    fn new<E: Storage, S: Simd>(
+        simd: S,
+        row: GradRow<'_, E, S>,
+        sums: RowSums,
+        n: RowLength,
+    ) -> Self
     where
         E::Wide: SimdFloat<Vector<S> = V>,
     {
         type T<E> = <E as Storage>::Wide;
         let stats = row.stats;
-        let lanes = size_of::<V>() / size_of::<T<E>>();
-        let n = (row.len * lanes + row.x_tail.len()) as f64;
         // Σ g·x̂ = r · (Σ g·(x − hi) − lo · Σ g).
         let g_x_hat = stats.inv_std * (sums.sum_g_deviation - stats.lo.to_stat() * sums.sum_g);
-        let mean_g = if row.centered { sums.sum_g / n } else { 0.0 };
-        let mean_g_x_hat = g_x_hat / n;
+        let mean_g = if row.centered {
+            n.mean(sums.sum_g)
+        } else {
+            0.0
+        };
+        let mean_g_x_hat = n.mean(g_x_hat);
         InputGrad {
             normalizer: Normalizer::new::<T<E>, S>(simd, &stats),
             mean_g: T::<E>::splat(simd, T::<E>::from_stat(mean_g)),
@@ -375,6 +384,7 @@ fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
     sums: RowSums,
     next: Option<GradRow<'_, E, S>>,
     gain: Option<&[E::Wide]>,
+    length: RowLength,
     out: RowOut<'_, E>,
 ) -> Option<RowSums> {
     type T<E> = <E as Storage>::Wide;
@@ -390,7 +400,7 @@ fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
     } else {
         gain_head
     };
-    let input_grad = InputGrad::new::<E, S>(simd, row, sums);
+    let input_grad = InputGrad::new::<E, S>(simd, row, sums, length);
     let (dx_head, dx_tail) = E::split_mut::<S>(dx, Stores::Cached);
     let (gain_sums_head, gain_sums_tail) = <T<E>>::split_mut::<S>(gain_sums);
     let (bias_sums_head, bias_sums_tail) = <T<E>>::split_mut::<S>(bias_sums);

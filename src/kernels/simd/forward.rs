@@ -6,8 +6,8 @@
 
 use super::storage::WideVector;
 use super::{
-    finish_stats, first_shift, row_stats_from, Normalizer, RowStats, SimdFloat, StatsStep, Storage,
-    SHORT_ROW_BYTES,
+    finish_stats, first_shift, row_stats_from, Normalizer, RowLength, RowStats, SimdFloat,
+    StatsStep, Storage, SHORT_ROW_BYTES,
 };
 use crate::kernels::{ForwardRows, Layer, RowStatsOut};
 use num_traits::{Float, One, Zero};
@@ -88,7 +88,7 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
         }
         return;
     }
-    let n = dim as f64;
+    let n = RowLength::new(dim);
     // Long rows: each row's statistics are computed while the row before it is written (see
     // `normalize_row_and_sum_next`), so that reading overlaps writing; the first row's by a
     // pass of its own.

@@ -470,6 +470,35 @@ fn first_shift<E: Storage, S: Simd>(simd: S, row: &[E], centered: bool) -> E::Wi
     T::<E>::from_stat(sum / lanes as f64)
 }
 
+/// A row's length as the divisor of its sums. When the length is a power of two, its reciprocal
+/// is exact and multiplying by it gives the same f64 as dividing (both are the exact quotient
+/// rounded once), with a fraction of a division's latency: that division sits on each short
+/// row's chain from its sums to its next pass.
+#[derive(Clone, Copy)]
+struct RowLength {
+    n: f64,
+    /// `1/n` where it is exact.
+    exact_recip: Option<f64>,
+}
+
+impl RowLength {
+    fn new(n: usize) -> Self {
+        RowLength {
+            n: n as f64,
+            exact_recip: n.is_power_of_two().then(|| (n as f64).recip()),
+        }
+    }
+
+    /// `sum / n`, correctly rounded.
+    #[inline(always)]
+    fn mean(self, sum: f64) -> f64 {
+        match self.exact_recip {
+            Some(recip) => sum * recip,
+            None => sum / self.n,
+        }
+    }
+}
+
 /// What the sums of a row's deviations from a shift give.
 enum StatsStep<T> {
     Done(RowStats<T>),
@@ -486,12 +515,12 @@ fn finish_stats<T: SimdFloat>(
     shift: T,
     sum: f64,
     sum_of_squares: f64,
-    n: f64,
+    n: RowLength,
     eps: f64,
     centered: bool,
 ) -> StatsStep<T> {
-    let correction = if centered { sum / n } else { 0.0 };
-    let variance = sum_of_squares / n - correction * correction;
+    let correction = if centered { n.mean(sum) } else { 0.0 };
+    let variance = n.mean(sum_of_squares) - correction * correction;
     // Every |x − mean| is at most √S₂ (plus the tiny correction): below a quarter of the data
     // type's maximum, the deviations formed in the data type later cannot overflow. (S₂ is
     // partly summed in f64, so it can be finite where a deviation would not be.)
@@ -525,7 +554,7 @@ fn row_stats_from<E: Storage, S: Simd, const SHORT: bool>(
     centered: bool,
 ) -> Option<RowStats<E::Wide>> {
     type T<E> = <E as Storage>::Wide;
-    let n = row.len() as f64;
+    let n = RowLength::new(row.len());
     let (head, tail) = E::split::<S>(row);
     let count = E::count::<S>(&head);
     let head = E::first(head, count);
@@ -658,4 +687,31 @@ pub(crate) fn backward_rows<E: Storage>(backward: Backward<'_, E>) {
     let stores = backward.rows.layer.stores;
     arch_for::<E>().dispatch(backward);
     stores.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RowLength;
+    use proptest::prelude::*;
+
+    /// Any f64 from its bits: subnormals, huge values, infinities and NaN included.
+    fn any_f64() -> impl Strategy<Value = f64> {
+        any::<u64>().prop_map(f64::from_bits)
+    }
+
+    proptest! {
+        /// Multiplying by the exact reciprocal of a power of two is the division, bit for bit
+        /// (NaN for NaN), so rows of 2^k values keep the bits of every other length's formula.
+        #[test]
+        fn row_length_mean_is_the_division(sum in any_f64(), power in 0u32..64, other in 1usize..100_000) {
+            for n in [1usize << power, other] {
+                let expected = sum / n as f64;
+                let found = RowLength::new(n).mean(sum);
+                prop_assert!(
+                    found.to_bits() == expected.to_bits() || (found.is_nan() && expected.is_nan()),
+                    "{sum:e} / {n}: {found:e} against {expected:e}"
+                );
+            }
+        }
+    }
 }
