@@ -68,6 +68,24 @@ flags_trait!(
 /// every other row's, so `dbias` never depends on x).
 #[inline(always)]
 fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backward<'_, E>) {
+    let row_bytes = backward.rows.layer.dim * size_of::<E::Wide>();
+    let short = row_bytes <= SHORT_ROW_BYTES;
+    let fuse = row_bytes > SEPARATE_PASSES_ROW_BYTES || (!short && backward.rows.layer.from_memory);
+    // One loop per layout, so that no row tests it (short rows are never fused).
+    match (short, fuse) {
+        (true, _) => backward_rows_as::<E, S, V, true, false>(simd, backward),
+        (false, false) => backward_rows_as::<E, S, V, false, false>(simd, backward),
+        (false, true) => backward_rows_as::<E, S, V, false, true>(simd, backward),
+    }
+}
+
+/// [`backward_all`] for one layout: `SHORT` rows fit one fold period (see
+/// [`SHORT_ROW_BYTES`]); `FUSE`: pass B of each row runs together with pass A of the next.
+#[inline(always)]
+fn backward_rows_as<E: Storage, S: Simd, V: BackwardBody, const SHORT: bool, const FUSE: bool>(
+    simd: S,
+    backward: Backward<'_, E>,
+) {
     type T<E> = <E as Storage>::Wide;
     let (rows, scratch) = (backward.rows, backward.scratch);
     let (dx, dsum) = (backward.dx, backward.dsum);
@@ -88,9 +106,6 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
     let staging: &mut [E] = &mut bytemuck::cast_slice_mut(staging)[..staging_len];
     let n = dim as f64;
     let length = RowLength::new(dim);
-    let row_bytes = dim * size_of::<T<E>>();
-    let short = row_bytes <= SHORT_ROW_BYTES;
-    let fuse = row_bytes > SEPARATE_PASSES_ROW_BYTES || (!short && layer.from_memory);
     let (gain_head, gain_tail) = layer.gain.map_or((&[][..], &[][..]), <T<E>>::split::<S>);
     let stats_of = |row: usize| {
         let mean = E::stat_to_f64(*rows.means.get(row)?);
@@ -118,13 +133,13 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
             Some(current) => {
                 let sums = match pending.take() {
                     Some(sums) => sums,
-                    None => grad_sums::<E, S, V>(simd, short, current, (gain_head, gain_tail)),
+                    None => grad_sums::<E, S, V>(simd, SHORT, current, (gain_head, gain_tail)),
                 };
                 pending = backward_row::<E, S, V>(
                     simd,
                     current,
                     sums,
-                    if fuse { fast_row(row + 1) } else { None },
+                    if FUSE { fast_row(row + 1) } else { None },
                     layer.gain,
                     length,
                     RowOut {
