@@ -241,14 +241,21 @@ fn halving_sum<T: SimdFloat, S: Simd>(simd: S, vector: T::Vector<S>) -> T {
 /// (vector `k` into accumulator `(k − $start) mod $n`): whole groups of `$n` vectors, then the
 /// last vectors and, where `$with_tail`, the partial vector `$end` (its lanes from `$tail` on
 /// zeroed). Accumulators are indexed by constants only, so that they stay in registers.
+/// `$end_test`: each group also tests that it ends by `$end` (never false), which let the
+/// compiler drop the per-vector bounds checks of long rows' loops (f32 512×1024 on AVX2:
+/// −12 % of the forward's instructions, −6 % of the backward's) but not of short rows' two
+/// groups, where it only added the test.
 macro_rules! accumulate_span {
     ($n:literal, $float:ty, $simd:ident, ($sums:ident, $dots:ident), $start:expr, $end:expr,
-     $with_tail:expr, $tail:expr, |$k:ident| $terms:expr, $tail_terms:expr) => {{
+     $with_tail:expr, $tail:expr, $end_test:literal, |$k:ident| $terms:expr, $tail_terms:expr) => {{
         use $crate::kernels::simd::keep_first;
         let (start, end, with_tail): (usize, usize, bool) = ($start, $end, $with_tail);
         let blocks_end = start + (end - start) / $n * $n;
         let mut group = start;
         while group < blocks_end {
+            if $end_test && group + $n > end {
+                break;
+            }
             for a in 0..$n {
                 let $k = group + a;
                 let (sum, factor, other) = $terms;
@@ -314,6 +321,7 @@ macro_rules! sum_and_dot_with {
                 end,
                 with_tail,
                 tail,
+                true,
                 |$k| $terms,
                 $tail_terms
             );
@@ -354,6 +362,7 @@ macro_rules! sum_and_dot_once_with {
             count,
             tail > 0,
             tail,
+            false,
             |$k| $terms,
             $tail_terms
         );
