@@ -11,9 +11,7 @@
 //! perform the same additions in the same order and agree bit for bit.
 
 use crate::element::Element;
-use crate::kernels::{
-    add_into, stream, BackwardJob, BackwardOut, CutAt, ForwardRows, GradSums, Stores,
-};
+use crate::kernels::{add_into, BackwardJob, BackwardOut, CutAt, ForwardRows, GradSums, Stores};
 
 /// Rows per block of the parameter-gradient reduction. Part of the numerical result: changing
 /// it changes the rounding of `dgain` and `dbias` (never which threads see which block).
@@ -358,8 +356,6 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
     if job.out.dsum.is_none() {
         job.rows.layer.stores = Stores::for_backward_output();
     }
-    job.rows.layer.from_memory =
-        !stream::fits_in_cache(size_of_val(job.rows.x) + size_of_val(job.rows.dy));
     if !job.out.sums.is_wanted() {
         return run(BlockedBackward { job, group_rows: 1 });
     }

@@ -386,7 +386,6 @@ macro_rules! half_storage {
                     centered: layer.centered,
                     eps: f64::from(layer.eps),
                     stores: layer.stores,
-                    from_memory: layer.from_memory,
                 }
             }
             #[inline(always)]
@@ -843,7 +842,6 @@ mod tests {
             centered: true,
             eps: 1e-5,
             stores: Stores::Cached,
-            from_memory: false,
         };
         let forward = || {
             let mut y = vec![f16::ZERO; x.len()];

@@ -27,9 +27,8 @@ pub(crate) use stream::Stores;
 /// length `dim`, where present, in the kernels' type `A::Compute`), whether the row is
 /// centered first (LayerNorm) or only scaled by its root mean square (RmsNorm, where the
 /// "mean" of the statistics is 0 and `σ² = mean(x²)`), and ε in the statistics type; and how
-/// the kernels store this call's outputs and whether the call's inputs come from memory (the
-/// driver chooses both from the size of the whole call, see [`Stores::for_output`] and
-/// [`stream::fits_in_cache`]).
+/// the kernels store this call's outputs (the driver chooses from the size of the whole call,
+/// see [`Stores::for_output`]).
 #[derive(Debug)]
 pub struct Layer<'a, A: Element> {
     pub(crate) dim: usize,
@@ -38,10 +37,6 @@ pub struct Layer<'a, A: Element> {
     pub(crate) centered: bool,
     pub(crate) eps: A::Stat,
     pub(crate) stores: Stores,
-    /// Whether the whole call's inputs are larger than the cache holds: the backward pass then
-    /// fuses the passes of rows longer than a few hundred values (see `simd::backward`). It
-    /// never changes a result.
-    pub(crate) from_memory: bool,
 }
 
 impl<A: Element> Clone for Layer<'_, A> {

@@ -109,7 +109,6 @@ fn check_type<T: SimdFloat + Storage>(ulps_at_zero_offset: f64, offsets: &[f64])
                             centered,
                             eps: 1e-5,
                             stores: Stores::Cached,
-                            from_memory: false,
                         };
                         let context = format!(
                             "{name} dim {dim} start {start} offset {mean_offset} gain {} bias {} centered {centered}",
@@ -372,7 +371,6 @@ fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
             centered: true,
             eps: 0.0,
             stores: Stores::Cached,
-            from_memory: false,
         };
         let mut spec = vec![0.0f32; x.len()];
         forward(None, layer, Some(&x), &mut spec, None);
@@ -417,16 +415,9 @@ fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
     }
 }
 
-/// The store choices and `from_memory` settings the kernels are compared under: both store
-/// paths, and the backward's separate and fused passes (`from_memory` fuses rows longer than
-/// `SHORT_ROW_BYTES`).
-fn store_choices() -> [(Stores, bool); 4] {
-    [
-        (Stores::Cached, false),
-        (Stores::Cached, true),
-        (Stores::streaming(), false),
-        (Stores::streaming(), true),
-    ]
+/// The store choices the kernels are compared under: both store paths.
+fn store_choices() -> [Stores; 2] {
+    [Stores::Cached, Stores::streaming()]
 }
 
 /// Everything one instruction set computes for `x`: forward out of place (y, means, inv_stds),
@@ -512,19 +503,14 @@ fn check_same_bits<T: SimdFloat + Storage>(offsets: &[f64]) {
                         centered,
                         eps: 1e-5,
                         stores: Stores::Cached,
-                        from_memory: false,
                     };
                     let reference = all_results(pulp::Arch::Scalar, x, dy, layer);
                     for &(name, arch) in &sets {
-                        for (stores, from_memory) in store_choices() {
-                            let layer = Layer {
-                                stores,
-                                from_memory,
-                                ..layer
-                            };
+                        for stores in store_choices() {
+                            let layer = Layer { stores, ..layer };
                             assert!(
                                 all_results(arch, x, dy, layer) == reference,
-                                "{name} {stores:?} from memory {from_memory} differs from scalar: dim {dim} start {start} offset {mean_offset} centered {centered}"
+                                "{name} {stores:?} differs from scalar: dim {dim} start {start} offset {mean_offset} centered {centered}"
                             );
                         }
                     }
@@ -558,16 +544,11 @@ fn fallback_rows_are_the_same_bits_on_every_instruction_set() {
             centered: true,
             eps: 0.0,
             stores: Stores::Cached,
-            from_memory: false,
         };
         let reference = all_results(pulp::Arch::Scalar, &x, &dy, layer);
         for (name, arch) in instruction_sets() {
-            for (stores, from_memory) in store_choices() {
-                let layer = Layer {
-                    stores,
-                    from_memory,
-                    ..layer
-                };
+            for stores in store_choices() {
+                let layer = Layer { stores, ..layer };
                 assert!(
                     all_results(arch, &x, &dy, layer) == reference,
                     "{name} {stores:?} differs from scalar on mixed rows of {dim}"
@@ -754,19 +735,14 @@ mod half_rows {
                     centered,
                     eps: 1e-5,
                     stores: Stores::Cached,
-                    from_memory: false,
                 };
                 let reference = results(None, &x, &dy, layer);
                 for &(name, arch) in &sets {
-                    for (stores, from_memory) in store_choices() {
-                        let layer = Layer {
-                            stores,
-                            from_memory,
-                            ..layer
-                        };
+                    for stores in store_choices() {
+                        let layer = Layer { stores, ..layer };
                         assert!(
                             results(Some(arch), &x, &dy, layer) == reference,
-                            "{name} {stores:?} from memory {from_memory}: dim {dim} centered {centered}"
+                            "{name} {stores:?}: dim {dim} centered {centered}"
                         );
                     }
                 }

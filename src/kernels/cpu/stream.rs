@@ -263,7 +263,7 @@ fn stream_pieces<V: bytemuck::Pod>(target: &mut V, vector: V) {
 
 /// Whether `bytes` of one call's data stay in cache: less than half the last-level cache (the
 /// rest of the call's data beside them) and less than [`ALWAYS_STREAM_BYTES`].
-pub(crate) fn fits_in_cache(bytes: usize) -> bool {
+fn fits_in_cache(bytes: usize) -> bool {
     bytes < (last_level_cache() / 2).min(ALWAYS_STREAM_BYTES)
 }
 

@@ -1,7 +1,7 @@
 //! The backward pass: per row, pass A sums `Σ g` and `Σ g·(x − hi)`; pass B writes
 //! `dx = r · (g − mean(g)) − r·mean(g⊙x̂) · x̂` and adds `dy·x̂`, `dy` into the parameter sums.
-//! Rows of at most [`SEPARATE_PASSES_ROW_BYTES`] run their two passes one after the other
-//! (except from memory); longer rows fuse pass B of each row with pass A of the next.
+//! Rows of at most [`SEPARATE_PASSES_ROW_BYTES`] run their two passes one after the other;
+//! longer rows fuse pass B of each row with pass A of the next.
 //!
 //! The body is compiled once per combination of gain and wanted gradients ([`BackwardBody`],
 //! const generics), so that no loop tests for any of them.
@@ -15,16 +15,16 @@ use num_traits::Zero;
 use pulp::{Simd, WithSimd};
 
 /// Rows of at most this many bytes in the compute type run pass A and pass B one after the
-/// other, unless the call's inputs come from memory (`Layer::from_memory`) and the rows are
-/// longer than `SHORT_ROW_BYTES`; other rows fuse pass B of each row with pass A of the next,
-/// so that reading the next row overlaps writing this one. Up to this length a row's x, dy,
-/// gain, dx and parameter sums stay in the L1 cache between the passes, and the separate loops
-/// are shorter: the fused loop holds more values than there are vector registers (its
-/// accumulators went to the stack). Measured on the 2-core AMD EPYC VM (AVX2, 2026-11-29,
-/// BENCHMARKS.md): in cache, the backward with separate passes ran 1.16–1.23× as fast at
-/// 512×1024 (f32, f16, bf16) and 1.11–1.34× at 2048×64; from memory, at 4096×1024, separate
-/// passes ran at 0.82–0.99× the fused loop's speed (f32), and f64 rows of 1024 values (8 KiB)
-/// at 0.64× even in cache. Same bits either way.
+/// other; longer rows fuse pass B of each row with pass A of the next, so that reading the next
+/// row overlaps writing this one. Up to this length a row's x, dy, gain, dx and parameter sums
+/// stay in the L1 cache between the passes, and the separate loops are shorter: the fused loop
+/// holds more values than there are vector registers (its accumulators went to the stack).
+/// Measured on the 2-core AMD EPYC VM (AVX2, BENCHMARKS.md): in cache, separate passes ran
+/// 1.16–1.23× as fast at 512×1024 (f32, f16, bf16) and 1.11–1.34× at 2048×64; from memory, once
+/// the separate loops had lost their per-vector bounds checks (commit 73278bd), 1.00–1.09× for
+/// f32 and 1.00–1.21× for f16 and bf16 at 4096×1024, 8192×1024 and 16384×512 (calls larger
+/// than the cache had kept the fused loop before, when separate passes ran at 0.82–0.99× of it).
+/// f64 rows of 1024 values (8 KiB) ran separately at 0.64× even in cache. Same bits either way.
 const SEPARATE_PASSES_ROW_BYTES: usize = 4 << 10;
 
 /// A backward call: its inputs, `dx` (and `dsum`), the parameter-gradient totals (f64, one
@@ -70,7 +70,7 @@ flags_trait!(
 fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backward<'_, E>) {
     let row_bytes = backward.rows.layer.dim * size_of::<E::Wide>();
     let short = row_bytes <= SHORT_ROW_BYTES;
-    let fuse = row_bytes > SEPARATE_PASSES_ROW_BYTES || (!short && backward.rows.layer.from_memory);
+    let fuse = row_bytes > SEPARATE_PASSES_ROW_BYTES;
     // One loop per layout, so that no row tests it (short rows are never fused).
     match (short, fuse) {
         (true, _) => backward_rows_as::<E, S, V, true, false>(simd, backward),
