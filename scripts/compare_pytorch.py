@@ -16,11 +16,18 @@ Not part of CI: PyTorch is a large install.
     /tmp/torch/bin/python scripts/compare_pytorch.py --threads 1 --types f32,f16,bf16
     # with crate numbers measured elsewhere (bench_json's stdout saved to a file):
     /tmp/torch/bin/python scripts/compare_pytorch.py --crate-json crate.jsonl
+    # alternating the two sides five times, with a bench_json binary built beforehand:
+    /tmp/torch/bin/python scripts/compare_pytorch.py --rounds 5 \
+        --crate-bin target/release/examples/bench_json
 
 PyTorch is timed twice: through the `.out` overloads into tensors reused across calls (the
 kernels alone, as the crate's `*_into` calls), and allocating its outputs on every call, as
 autograd does (large fresh outputs then cost page faults). The PyTorch backward computes dx,
 dgain and dbias, as the crate's benchmark does.
+
+On a shared machine the speed of both sides drifts between runs. `--rounds N` runs the crate
+and PyTorch alternately N times; the table then gives each side's median over the rounds and
+the lowest and highest of the per-round ratios, which is the honest spread of the comparison.
 """
 
 import argparse
@@ -46,8 +53,23 @@ def parse_args():
         "--crate-json",
         help="bench_json output to compare against (default: run the example now with cargo)",
     )
+    parser.add_argument(
+        "--crate-bin",
+        help="a bench_json binary built beforehand, run instead of `cargo run --example`",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the crate and PyTorch alternately this many times (not with --crate-json)",
+    )
     parser.add_argument("--json-out", help="also write every measurement here as JSON lines")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.rounds > 1 and args.crate_json:
+        parser.error("--rounds alternates with fresh crate runs: drop --crate-json")
+    return args
 
 
 def median_seconds(work, samples, sample_ms):
@@ -138,11 +160,14 @@ def crate_measurements(args):
             text = lines.read()
     else:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        command = ["cargo", "run", "--release", "--quiet"]
-        if any(t in ("f16", "bf16") for t in args.types.split(",")):
-            command += ["--features", "half"]
+        if args.crate_bin:
+            command = [os.path.abspath(args.crate_bin)]
+        else:
+            command = ["cargo", "run", "--release", "--quiet"]
+            if any(t in ("f16", "bf16") for t in args.types.split(",")):
+                command += ["--features", "half"]
+            command += ["--example", "bench_json", "--"]
         command += [
-            "--example", "bench_json", "--",
             "--threads", args.threads,
             "--shapes", args.shapes,
             "--types", args.types,
@@ -171,31 +196,48 @@ def main():
         f"PyTorch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})",
         file=sys.stderr,
     )
-    ours = crate_measurements(args)
-    theirs = torch_measurements(args)
+    ours, theirs = [], []
+    for round_index in range(args.rounds):
+        for impl, entries in (("layernorm", crate_measurements(args)), ("pytorch", None)):
+            if entries is None:
+                entries = torch_measurements(args)
+            for entry in entries:
+                entry["round"] = round_index
+            (ours if impl == "layernorm" else theirs).extend(entries)
     if args.json_out:
         with open(args.json_out, "w") as out:
             for entry in ours + theirs:
                 out.write(json.dumps(entry) + "\n")
     key = lambda e: (e["op"], e["type"], e["rows"], e["cols"], e["threads"])  # noqa: E731
-    crate = {key(e): e["gbps"] for e in ours if e["op"] in ("forward", "backward")}
-    torch_gbps = {key(e) + (e["form"],): e["gbps"] for e in theirs}
+    # Per round: the crate's GB/s, and PyTorch's per form.
+    crate = {key(e) + (e["round"],): e["gbps"] for e in ours if e["op"] in ("forward", "backward")}
+    torch_gbps = {key(e) + (e["form"], e["round"]): e["gbps"] for e in theirs}
+    rounds = range(args.rounds)
     print("GB/s: layernorm (`*_into`, reused buffers) / PyTorch `.out` (reused tensors) / "
-          "PyTorch allocating (as autograd calls it); ratio = layernorm / the faster PyTorch form.\n")
+          "PyTorch allocating (as autograd calls it); ratio = layernorm / the faster PyTorch form.")
+    if args.rounds > 1:
+        print(f"{args.rounds} alternating rounds: GB/s are medians over the rounds; the ratio is "
+              "the median of the per-round ratios, with their lowest and highest.")
+    print()
     print("| type | shape | threads | forward | ratio | backward | ratio |")
     print("|---|---|---|---|---|---|---|")
     rows = sorted({k[1:] for k in map(key, theirs)}, key=lambda k: (k[0], k[1] * k[2], k[3]))
     for type_name, r, c, threads in rows:
         cells = []
         for op in ("forward", "backward"):
-            out = torch_gbps[(op, type_name, r, c, threads, "out")]
-            allocating = torch_gbps[(op, type_name, r, c, threads, "allocating")]
-            ours_gbps = crate.get((op, type_name, r, c, threads))
-            if ours_gbps is None:
-                cells += [f"– / {out:.1f} / {allocating:.1f}", "–"]
-            else:
-                cells += [f"{ours_gbps:.1f} / {out:.1f} / {allocating:.1f}",
-                          f"{ours_gbps / max(out, allocating):.2f}×"]  # fmt: skip
+            cell = (op, type_name, r, c, threads)
+            out = [torch_gbps[cell + ("out", i)] for i in rounds]
+            allocating = [torch_gbps[cell + ("allocating", i)] for i in rounds]
+            mine = [crate.get(cell + (i,)) for i in rounds]
+            torch_text = f"{statistics.median(out):.1f} / {statistics.median(allocating):.1f}"
+            if None in mine:
+                cells += [f"– / {torch_text}", "–"]
+                continue
+            ratios = [m / max(o, a) for m, o, a in zip(mine, out, allocating)]
+            ratio_text = f"{statistics.median(ratios):.2f}×"
+            if args.rounds > 1:
+                ratio_text += f" ({min(ratios):.2f}–{max(ratios):.2f})"
+            cells += [f"{statistics.median(mine):.1f} / {torch_text}", ratio_text]
         print(f"| {type_name} | {r}×{c} | {threads} | " + " | ".join(cells) + " |")
 
 
