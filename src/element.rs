@@ -104,9 +104,12 @@ pub trait Element:
     fn forward_rows(job: ForwardRows<'_, Self>);
 
     /// The kernel that differentiates rows of this type (the crate's hook; not callable
-    /// outside). `scratch` is working memory the kernel may grow and reuse across calls.
+    /// outside). The job's gradient sums hold one row of `dim` per group of `group_rows` rows
+    /// (a multiple of [`GRAD_GROUP_ROWS`](Self::GRAD_GROUP_ROWS)), set to zero by the caller;
+    /// each group's sums are added to its own row. `scratch` is working memory the kernel may
+    /// grow and reuse across calls.
     #[doc(hidden)]
-    fn backward_rows(job: BackwardJob<'_, Self>, scratch: &mut Vec<Self>);
+    fn backward_rows(job: BackwardJob<'_, Self>, scratch: &mut Vec<Self>, group_rows: usize);
 
     /// Backward jobs whose gradient sums start at a multiple of this many rows add the same
     /// values to their totals as one longer job (the kernel forms each group of rows' sums
@@ -128,13 +131,14 @@ macro_rules! simd_kernels {
             simd::forward_rows(job);
         }
 
-        fn backward_rows(job: BackwardJob<'_, Self>, scratch: &mut Vec<Self>) {
+        fn backward_rows(job: BackwardJob<'_, Self>, scratch: &mut Vec<Self>, group_rows: usize) {
             let BackwardJob { rows, out } = job;
             simd::backward_rows(simd::Backward {
                 rows,
                 dx: out.dx,
                 dsum: out.dsum,
                 totals: out.sums,
+                group_rows,
                 scratch,
             });
         }
@@ -220,8 +224,12 @@ macro_rules! half_element {
                 simd::forward_rows(job);
             }
 
-            fn backward_rows(job: BackwardJob<'_, Self>, _scratch: &mut Vec<Self>) {
-                crate::kernels::half::backward_rows(job);
+            fn backward_rows(
+                job: BackwardJob<'_, Self>,
+                _scratch: &mut Vec<Self>,
+                group_rows: usize,
+            ) {
+                crate::kernels::half::backward_rows(job, group_rows);
             }
         }
     };

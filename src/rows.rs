@@ -235,25 +235,10 @@ impl<A: Element> RowJob for BlockedBackward<'_, A> {
         )
     }
 
-    /// Group by group, each group's sums formed from zero in its own row of sums.
-    fn run(self) {
-        let mut scratch = Vec::new();
-        if !self.job.out.sums.is_wanted() {
-            return A::backward_rows(self.job, &mut scratch);
-        }
-        let group_rows = self.group_rows;
-        let mut rest = Some(self.job);
-        while let Some(job) = rest.take() {
-            let (mut group, later) = if job.rows() > group_rows {
-                let (group, later) = job.split_at(group_rows, group_rows);
-                (group, Some(later))
-            } else {
-                (job, None)
-            };
-            group.out.sums.clear();
-            A::backward_rows(group, &mut scratch);
-            rest = later;
-        }
+    /// One kernel call: each group's sums formed from zero in its own row of sums.
+    fn run(mut self) {
+        self.job.out.sums.clear();
+        A::backward_rows(self.job, &mut Vec::new(), self.group_rows);
     }
 }
 
@@ -311,22 +296,74 @@ fn combine_groups<S>(
     }
 }
 
-/// Owned gradient sums: a buffer for each parameter gradient that is wanted.
-struct SumBuffers<S> {
+/// Owned gradient sums: a buffer for each parameter gradient that is wanted. Their values
+/// are unspecified until the kernels' callers set their rows to zero; the buffers come from
+/// the thread's spare ones and go back there when dropped.
+struct SumBuffers<S: 'static> {
     gain: Option<Vec<S>>,
     bias: Option<Vec<S>>,
 }
 
-impl<S: Copy + num_traits::Zero> SumBuffers<S> {
+impl<S: Copy + num_traits::Zero + 'static> SumBuffers<S> {
     fn new<T>(wanted: &GradSums<'_, T>, len: usize) -> Self {
         SumBuffers {
-            gain: wanted.gain.as_ref().map(|_| vec![S::zero(); len]),
-            bias: wanted.bias.as_ref().map(|_| vec![S::zero(); len]),
+            gain: wanted.gain.as_ref().map(|_| spare_sums(len)),
+            bias: wanted.bias.as_ref().map(|_| spare_sums(len)),
         }
     }
 }
 
-impl<S: Copy + std::ops::Add<Output = S>> SumBuffers<S> {
+impl<S: 'static> Drop for SumBuffers<S> {
+    fn drop(&mut self) {
+        for buffer in [self.gain.take(), self.bias.take()].into_iter().flatten() {
+            keep_spare_sums(buffer);
+        }
+    }
+}
+
+/// Spare buffers kept per thread, at most this many...
+const SPARE_SUMS_BUFFERS: usize = 4;
+
+/// ...of at most this many bytes each: enough for a parallel call's per-group sums at the
+/// usual shapes, where allocating and zeroing them took a large part of the call (measured:
+/// 512×1024 f32 on 4–16 threads); a larger call amortizes its allocation.
+const SPARE_SUMS_BYTES: usize = 4 << 20;
+
+thread_local! {
+    /// Gradient-sum buffers of any statistics type, kept between backward calls on this
+    /// thread. A call takes its buffers out and puts them back when it returns, so a call made
+    /// while another one waits on this thread (rayon work stealing) takes fresh ones instead.
+    static SPARE_SUMS: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of `len` sums with unspecified values: a spare one of this thread's when there is
+/// one of type `S`, else a new one.
+fn spare_sums<S: Copy + num_traits::Zero + 'static>(len: usize) -> Vec<S> {
+    let spare = SPARE_SUMS.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        let index = spare.iter().position(|buffer| buffer.is::<Vec<S>>())?;
+        spare.swap_remove(index).downcast::<Vec<S>>().ok()
+    });
+    let mut buffer = spare.map_or_else(Vec::new, |buffer| *buffer);
+    buffer.resize(len, S::zero());
+    buffer
+}
+
+/// Keeps `buffer` for this thread's later calls, unless it is large or enough are kept.
+fn keep_spare_sums<S: 'static>(buffer: Vec<S>) {
+    if buffer.capacity() * size_of::<S>() > SPARE_SUMS_BYTES {
+        return;
+    }
+    SPARE_SUMS.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_SUMS_BUFFERS {
+            spare.push(Box::new(buffer));
+        }
+    });
+}
+
+impl<S: Copy + std::ops::Add<Output = S> + 'static> SumBuffers<S> {
     fn sums(&mut self) -> GradSums<'_, S> {
         GradSums {
             gain: self.gain.as_deref_mut(),
@@ -351,10 +388,10 @@ impl<S: Copy + std::ops::Add<Output = S>> SumBuffers<S> {
 /// gradients into the job's sums (the caller's totals, one row of `dim` each), block by block
 /// in block order.
 pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
-    // Ordinary stores unless forced (see `Stores::for_backward_output`); with `dsum`, each row
-    // of dx is read back to add it: ordinary stores always.
+    // Streaming stores for a large dx (see `Stores::for_backward_output`); with `dsum`, each
+    // row of dx is read back to add it: ordinary stores always.
     if job.out.dsum.is_none() {
-        job.rows.layer.stores = Stores::for_backward_output();
+        job.rows.layer.stores = Stores::for_backward_output(size_of_val(job.out.dx));
     }
     if !job.out.sums.is_wanted() {
         return run(BlockedBackward { job, group_rows: 1 });
@@ -409,7 +446,7 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
             },
         };
         block.out.sums.clear();
-        A::backward_rows(block, &mut scratch);
+        A::backward_rows(block, &mut scratch, GRAD_BLOCK_ROWS);
         block_sums.add_into(&mut totals, 0..dim);
     }
 }

@@ -1,5 +1,6 @@
 //! Results do not depend on the number of threads: forward, stats, dx, dgain and dbias are
-//! bitwise identical in rayon pools of 1, 2, 3 and 4 threads (1 thread takes the serial path).
+//! bitwise identical in rayon pools of 1, 2, 3 and 4 threads (1 thread takes the serial path),
+//! for f32, f64 and (feature `half`) f16 and bf16.
 //! f64 data shows any change in the order of the gradient sums (f32 results would round it away).
 //! Backward splits at 8-row groups when 64-row gradient blocks would leave threads idle.
 
@@ -61,6 +62,15 @@ fn f32_results_are_bitwise_identical_on_any_thread_count() {
 #[test]
 fn f64_results_are_bitwise_identical_on_any_thread_count() {
     check_thread_independence(|v| v, 1e160);
+}
+
+/// Half tasks hold whole 64-row gradient blocks, several of them on 2 threads at 1000×67.
+/// f16 cannot hold values whose squares overflow f32; bf16 can (its fallback rows).
+#[cfg(feature = "half")]
+#[test]
+fn half_results_are_bitwise_identical_on_any_thread_count() {
+    check_thread_independence(half::f16::from_f64, 300.0);
+    check_thread_independence(half::bf16::from_f64, 1e30);
 }
 
 /// A forward output of half a typical last-level cache or more (16 MiB of f32 here) is written

@@ -645,13 +645,18 @@ fn backward_fallback<H: HalfElement>(
 }
 
 /// Backward pass over whole rows of half data; see `scalar::backward_rows`. The kernels sum the
-/// parameter gradients in f64 for the whole job; each total is rounded to f32 once and added
-/// to the job's sums (the driver splits half jobs only at whole gradient blocks).
-pub(crate) fn backward_rows<H: HalfElement + Storage<Wide = f32>>(job: BackwardJob<'_, H>) {
+/// parameter gradients in f64, one row per group of `group_rows` rows; each group's total is
+/// rounded to f32 once and added to the group's row of the job's sums (the driver gives half
+/// jobs whole gradient blocks as groups).
+pub(crate) fn backward_rows<H: HalfElement + Storage<Wide = f32>>(
+    job: BackwardJob<'_, H>,
+    group_rows: usize,
+) {
     let BackwardJob { rows, out } = job;
     let dim = rows.layer.dim;
-    let mut gain_totals = out.sums.gain.as_ref().map(|_| vec![0.0f64; dim]);
-    let mut bias_totals = out.sums.bias.as_ref().map(|_| vec![0.0f64; dim]);
+    let groups = (out.dx.len() / dim).div_ceil(group_rows);
+    let mut gain_totals = out.sums.gain.as_ref().map(|_| vec![0.0f64; groups * dim]);
+    let mut bias_totals = out.sums.bias.as_ref().map(|_| vec![0.0f64; groups * dim]);
     let mut scratch = Vec::new();
     super::simd::backward_rows(Backward {
         rows,
@@ -661,6 +666,7 @@ pub(crate) fn backward_rows<H: HalfElement + Storage<Wide = f32>>(job: BackwardJ
             gain: gain_totals.as_deref_mut(),
             bias: bias_totals.as_deref_mut(),
         },
+        group_rows,
         scratch: &mut scratch,
     });
     for (partial, totals) in [(out.sums.gain, gain_totals), (out.sums.bias, bias_totals)] {

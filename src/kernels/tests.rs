@@ -217,6 +217,8 @@ fn backward<T: SimdFloat + Storage>(
             dx,
             dsum,
             totals: sums,
+            // One row of totals for the whole call.
+            group_rows: usize::MAX,
             scratch: &mut Vec::new(),
         }),
         None => scalar::backward_rows(BackwardJob {
@@ -639,6 +641,7 @@ mod half_rows {
                     dx: &mut dx,
                     dsum: None,
                     totals: both_sums(&mut gain_totals, &mut bias_totals),
+                    group_rows: usize::MAX,
                     scratch: &mut Vec::new(),
                 });
                 (half_bits(&y), half_bits(&in_place), half_bits(&dx))

@@ -9,11 +9,10 @@
 //! there anyway: in-cache outputs keep ordinary stores (the next layer reads them from cache).
 //!
 //! Measured (BENCHMARKS.md) on a 16-core Xeon, streaming stores made forward and backward
-//! 1.2–1.6× faster at 128 MiB outputs; on a 2-core AMD EPYC VM the forward gained at DRAM
-//! sizes, and the backward lost 10–15 % on one thread one day and 6× the next: the forward
-//! streams `y` by size, the backward keeps ordinary stores unless forced
-//! ([`Stores::for_backward_output`]). Forced, the backward now writes each row of `dx` in
-//! cache and streams the finished row out whole ([`copy_row`]).
+//! 1.1–1.5× faster at 128 and 512 MiB outputs; on a 2-core AMD EPYC VM the forward gained at
+//! DRAM sizes and the backward only from 128 MiB on: the forward streams `y` by size and cache,
+//! the backward streams `dx` from 64 MiB on ([`Stores::for_backward_output`]), writing each
+//! row of `dx` in cache and streaming the finished row out whole ([`copy_row`]).
 //!
 //! Streaming stores here are `vmovntdq` on 16-byte pieces (x86-64 with AVX, which every CPU
 //! the SIMD kernels use has); elsewhere [`Stores::streaming`] gives ordinary stores. 16-byte
@@ -68,17 +67,22 @@ impl Stores {
         }
     }
 
-    /// The stores for backward's `dx`: ordinary stores, unless `LAYERNORM_STORES=streaming`
-    /// forces streaming ones. On the 16-core Xeon tried, streaming made the backward pass 1.4–1.6×
-    /// faster at 48–128 MiB outputs, but on the 2-core AMD EPYC VM on 2026-11-29 it made it 6×
-    /// slower (4096×1024 f32, one thread: 45 ms against 7 ms, the forward unaffected), where
-    /// a day before it had cost 10–15 %: the backward's many concurrent streams can break up
-    /// its write-combining. Those runs streamed each vector of `dx` as the loop made it; since
-    /// then the backward streams whole finished rows from a row in cache, which on that VM was
-    /// neither slower nor faster than ordinary stores (BENCHMARKS.md). Not yet measured where
-    /// streaming paid (the Xeon), so ordinary stores stay the default.
-    pub(crate) fn for_backward_output() -> Self {
-        forced().unwrap_or(Stores::Cached)
+    /// The stores for backward's `dx` of `bytes` bytes: streaming from [`ALWAYS_STREAM_BYTES`]
+    /// on (where the CPU has them), ordinary stores below, whatever the cache size;
+    /// `LAYERNORM_STORES` overrides it. The backward streams each finished row of `dx` from a
+    /// row in cache ([`copy_row`]). Measured on 2026-11-29 (BENCHMARKS.md), streaming against
+    /// ordinary stores: on the 16-core Xeon 1.31× and 1.37× on one thread and 1.20× and 1.14×
+    /// on 16 at 128 and 512 MiB outputs, 0.97× (one thread) at 16 MiB; on the 2-core AMD EPYC VM
+    /// 0.95–1.11× at 128 MiB but 0.69–0.94× at 16 and 32 MiB. (An earlier form that streamed
+    /// each vector as the loop made it was up to 6× slower on that VM.)
+    pub(crate) fn for_backward_output(bytes: usize) -> Self {
+        forced().unwrap_or_else(|| {
+            if bytes >= ALWAYS_STREAM_BYTES {
+                Stores::streaming()
+            } else {
+                Stores::Cached
+            }
+        })
     }
 
     /// Makes streaming stores visible to other threads before the job returns (a store
@@ -384,10 +388,10 @@ mod tests {
         assert_eq!(Stores::for_output(4096), Stores::Cached);
         assert_eq!(Stores::for_output(usize::MAX / 2), Stores::streaming());
         assert_eq!(Stores::for_output(64 << 20), Stores::streaming());
-        // Backward: ordinary stores whatever the size (unless the environment forces a path).
-        if forced().is_none() {
-            assert_eq!(Stores::for_backward_output(), Stores::Cached);
-        }
+        // Backward: ordinary stores below 64 MiB whatever the cache, streaming from there.
+        assert_eq!(Stores::for_backward_output(16 << 20), Stores::Cached);
+        assert_eq!(Stores::for_backward_output((64 << 20) - 1), Stores::Cached);
+        assert_eq!(Stores::for_backward_output(64 << 20), Stores::streaming());
         #[cfg(target_arch = "x86_64")]
         assert_eq!(
             Stores::streaming() != Stores::Cached,

@@ -28,13 +28,17 @@ use pulp::{Simd, WithSimd};
 const SEPARATE_PASSES_ROW_BYTES: usize = 4 << 10;
 
 /// A backward call: its inputs, `dx` (and `dsum`), the parameter-gradient totals (f64, one
-/// row of `dim` for the whole call) and the kernel's working memory (short partial sums in
-/// the compute type, grown once and reused across calls), dispatched once per call.
+/// row of `dim` per group of `group_rows` rows) and the kernel's working memory (short partial
+/// sums in the compute type, grown once and reused across calls), dispatched once per call.
 pub(crate) struct Backward<'a, E: Storage> {
     pub(crate) rows: BackwardRows<'a, E>,
     pub(crate) dx: &'a mut [E],
     pub(crate) dsum: Option<&'a [E]>,
     pub(crate) totals: GradSums<'a, f64>,
+    /// Rows per row of totals: a multiple of [`FOLD_ROWS`], or at least the call's rows (one
+    /// row of totals). Each group's sums are added to its own row, so a call over several
+    /// groups adds to each exactly what a call over that group alone adds.
+    pub(crate) group_rows: usize,
     pub(crate) scratch: &'a mut Vec<E::Wide>,
 }
 
@@ -90,8 +94,15 @@ fn backward_rows_as<E: Storage, S: Simd, V: BackwardBody, const SHORT: bool, con
     let (rows, scratch) = (backward.rows, backward.scratch);
     let (dx, dsum) = (backward.dx, backward.dsum);
     let (mut partial_gain, mut partial_bias) = (backward.totals.gain, backward.totals.bias);
+    let group_rows = backward.group_rows;
     let layer = E::wide_layer(rows.layer);
     let dim = layer.dim;
+    let row_count = dx.len() / dim;
+    debug_assert!(
+        (partial_gain.is_none() && partial_bias.is_none())
+            || group_rows.is_multiple_of(FOLD_ROWS)
+            || group_rows >= row_count
+    );
     // With streaming stores, each row of dx is written into a row in cache (`staging`, after
     // the two sums in the scratch memory) and then streamed out whole, in order: streaming
     // each vector as the loop made it, among the loop's other streams, was up to 6× slower on
@@ -180,16 +191,35 @@ fn backward_rows_as<E: Storage, S: Simd, V: BackwardBody, const SHORT: bool, con
             copy_row(layer.stores, dx_row, staging);
         }
         if (row + 1) % FOLD_ROWS == 0 {
+            let group = row / group_rows;
             fold_into(
-                partial_gain.as_deref_mut(),
+                group_totals(&mut partial_gain, group, dim),
                 gain_sums,
                 fallback_gain.as_deref_mut(),
             );
-            fold_into(partial_bias.as_deref_mut(), bias_sums, None);
+            fold_into(group_totals(&mut partial_bias, group, dim), bias_sums, None);
         }
     }
-    fold_into(partial_gain, gain_sums, fallback_gain.as_deref_mut());
-    fold_into(partial_bias, bias_sums, None);
+    // The rows after the last full fold belong to the last group.
+    let last = row_count.saturating_sub(1) / group_rows;
+    fold_into(
+        group_totals(&mut partial_gain, last, dim),
+        gain_sums,
+        fallback_gain.as_deref_mut(),
+    );
+    fold_into(group_totals(&mut partial_bias, last, dim), bias_sums, None);
+}
+
+/// The row of `totals` that group `group` adds to (none where the call has no such row: a
+/// call without rows).
+fn group_totals<'t>(
+    totals: &'t mut Option<&mut [f64]>,
+    group: usize,
+    dim: usize,
+) -> Option<&'t mut [f64]> {
+    totals
+        .as_deref_mut()?
+        .get_mut(group * dim..(group + 1) * dim)
 }
 
 /// One row of the backward pass, as full vectors and a partial tail.
