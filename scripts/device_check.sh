@@ -41,6 +41,13 @@ timeout "$(cap 170)" "$B/bench_json" --threads 1,2,4,8,16 \
   --shapes 512x1024,4096x1024,8192x4096,65536x64,32768x4096 \
   --ops forward,backward,memcpy,three_stream --samples 11 --sample-ms 40 \
   > "$O/sweep.jsonl" 2> "$O/sweep.txt"
+t isa
+# The cost of the 16-lane kernels against the 8-lane ones on the same machine (same bits).
+for isa in avx2 default avx2 default; do
+  echo "## LAYERNORM_MAX_ISA=$isa" >> "$O/isa.txt"
+  LAYERNORM_MAX_ISA=$isa timeout "$(cap 30)" "$B/bench_json" --threads 1 \
+    --shapes 512x1024,65536x64,2048x64 --ops forward,backward $J 2>> "$O/isa.txt" >/dev/null
+done
 t half
 timeout "$(cap 60)" "$B/bench_json" --threads 1 --types f32,f16,bf16 \
   --shapes 512x1024,4096x1024,8192x4096 --ops forward,backward $J > "$O/half.jsonl" 2> "$O/half.txt"
