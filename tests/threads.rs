@@ -73,13 +73,12 @@ fn half_results_are_bitwise_identical_on_any_thread_count() {
     check_thread_independence(half::bf16::from_f64, 1e30);
 }
 
-/// A forward output of half a typical last-level cache or more (16 MiB of f32 here) is written
-/// with streaming stores where the CPU has them (`kernels/stream.rs`); in small
-/// batches, it is written with ordinary stores. The results are the same bits, serial and on
-/// 2 or 3 threads.
+/// A forward output of a typical last-level cache or more (32 MiB of f32 here) is written with
+/// streaming stores where the CPU has them (`kernels/stream.rs`); in small batches, it is
+/// written with ordinary stores. The results are the same bits, serial and on 2 or 3 threads.
 #[test]
 fn a_large_forward_gives_the_same_bits_as_small_batches() {
-    let (rows, dim) = (4096, 1024);
+    let (rows, dim) = (8192, 1024);
     let mut rng = common::rng(17);
     let x = common::normal_matrix(&mut rng, rows, dim, 10.0, 2.0).mapv(|v| v as f32);
     let gain = common::uniform_vector(&mut rng, dim, 0.5, 1.5).mapv(|v| v as f32);
