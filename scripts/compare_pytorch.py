@@ -198,12 +198,11 @@ def main():
     )
     ours, theirs = [], []
     for round_index in range(args.rounds):
-        for impl, entries in (("layernorm", crate_measurements(args)), ("pytorch", None)):
-            if entries is None:
-                entries = torch_measurements(args)
+        for results, measure in ((ours, crate_measurements), (theirs, torch_measurements)):
+            entries = measure(args)
             for entry in entries:
                 entry["round"] = round_index
-            (ours if impl == "layernorm" else theirs).extend(entries)
+            results.extend(entries)
     if args.json_out:
         with open(args.json_out, "w") as out:
             for entry in ours + theirs:

@@ -62,11 +62,7 @@ impl Stores {
     /// streaming against ordinary stores measured 0.74–0.76× at 65536×64 and 0.92–1.08× at
     /// 4096×1024, one and two threads, in alternating runs; 1.02–1.05× at 32 MiB.)
     pub(crate) fn for_output(bytes: usize) -> Self {
-        match forced() {
-            Some(stores) => stores,
-            None if !fits_in_cache(bytes) => Stores::streaming(),
-            None => Stores::Cached,
-        }
+        Self::streaming_from(bytes, last_level_cache().min(ALWAYS_STREAM_BYTES))
     }
 
     /// The stores for backward's `dx` of `bytes` bytes: streaming from [`ALWAYS_STREAM_BYTES`]
@@ -78,8 +74,14 @@ impl Stores {
     /// 0.95–1.11× at 128 MiB but 0.69–0.94× at 16 and 32 MiB. (An earlier form that streamed
     /// each vector as the loop made it was up to 6× slower on that VM.)
     pub(crate) fn for_backward_output(bytes: usize) -> Self {
+        Self::streaming_from(bytes, ALWAYS_STREAM_BYTES)
+    }
+
+    /// Streaming stores (where the CPU has them) for an output of at least `bound` bytes,
+    /// ordinary stores for a smaller one, unless `LAYERNORM_STORES` forces a choice.
+    fn streaming_from(bytes: usize, bound: usize) -> Self {
         forced().unwrap_or_else(|| {
-            if bytes >= ALWAYS_STREAM_BYTES {
+            if bytes >= bound {
                 Stores::streaming()
             } else {
                 Stores::Cached
@@ -265,12 +267,6 @@ fn stream_pieces<V: bytemuck::Pod>(target: &mut V, vector: V) {
             )
         }
     }
-}
-
-/// Whether an output of `bytes` may stay in cache for whoever reads it next: less than the
-/// last-level cache and less than [`ALWAYS_STREAM_BYTES`].
-fn fits_in_cache(bytes: usize) -> bool {
-    bytes < last_level_cache().min(ALWAYS_STREAM_BYTES)
 }
 
 /// Size of the largest CPU cache in bytes (Linux's sysfs; [`DEFAULT_LAST_LEVEL_CACHE`]
