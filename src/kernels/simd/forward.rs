@@ -6,8 +6,8 @@
 
 use super::storage::WideVector;
 use super::{
-    finish_stats, first_shift, row_stats_from, Normalizer, RowLength, RowStats, SimdFloat,
-    StatsStep, Storage, SHORT_ROW_BYTES,
+    deviation_sums, finish_stats, first_shift, row_stats_from, row_stats_within, Normalizer,
+    RowLength, RowStats, SimdFloat, StatsStep, Storage, SHORT_ROW_BYTES,
 };
 use crate::kernels::{ForwardRows, Layer, RowStatsOut};
 use num_traits::{Float, One, Zero};
@@ -65,20 +65,54 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
     let rows = out.len() / dim;
     let centered = layer.centered;
     if dim * size_of::<T<E>>() <= SHORT_ROW_BYTES {
-        // Short rows: a row's statistics are a short chain of dependent steps, so those of
-        // several rows are computed together (independent chains overlap), then the rows are
-        // written. Consecutive short rows are one stream for the hardware prefetcher.
+        // Short rows: a row's statistics are a chain of dependent steps (first estimate of the
+        // mean, the sums around it, then the f64 arithmetic of `finish_stats`, with a square
+        // root and a division), too long for the processor to overlap one row's chain with the
+        // next row's. So a block of rows is done in steps: the sums of every row, then the
+        // statistics of every row from its sums (independent rows, whose chains overlap), then
+        // the rows are written. The same computations as [`row_stats_from`]'s, so the same
+        // bits. (Taking the first estimates of the block's rows as a step of its own was slower
+        // from memory: it reads the start of each row, then the rest.) Consecutive short rows
+        // are one stream for the hardware prefetcher.
+        let n = RowLength::new(dim);
         for first in (0..rows).step_by(SHORT_ROW_BLOCK) {
             let count = SHORT_ROW_BLOCK.min(rows - first);
-            let mut block_stats = [None; SHORT_ROW_BLOCK];
-            for (offset, slot) in block_stats[..count].iter_mut().enumerate() {
-                let range = (first + offset) * dim..(first + offset + 1) * dim;
-                *slot = stats_of_row::<E, S, true>(
-                    simd,
-                    x.map_or(&out[range.clone()], |x| &x[range]),
-                    layer,
-                );
-            }
+            let block_stats = {
+                let row = |offset: usize| {
+                    let range = (first + offset) * dim..(first + offset + 1) * dim;
+                    x.map_or(&out[range.clone()], |x| &x[range])
+                };
+                let mut shifts = [T::<E>::zero(); SHORT_ROW_BLOCK];
+                let mut sums = [(0.0, 0.0); SHORT_ROW_BLOCK];
+                for (offset, (shift, sums)) in shifts[..count].iter_mut().zip(&mut sums).enumerate()
+                {
+                    *shift = first_shift::<E, S>(simd, row(offset), centered);
+                    if shift.is_finite() {
+                        *sums = deviation_sums::<E, S, true>(simd, row(offset), *shift);
+                    }
+                }
+                let mut block_stats = [None; SHORT_ROW_BLOCK];
+                for (offset, slot) in block_stats[..count].iter_mut().enumerate() {
+                    let (shift, (sum, sum_of_squares)) = (shifts[offset], sums[offset]);
+                    if !shift.is_finite() {
+                        continue;
+                    }
+                    *slot = match finish_stats(shift, sum, sum_of_squares, n, layer.eps, centered) {
+                        StatsStep::Done(row_stats) => Some(row_stats),
+                        // The remaining two of `row_stats_from`'s three passes.
+                        StatsStep::Refine(better) => row_stats_within::<E, S, true>(
+                            simd,
+                            row(offset),
+                            better,
+                            layer.eps,
+                            centered,
+                            2,
+                        ),
+                        StatsStep::Fallback => None,
+                    };
+                }
+                block_stats
+            };
             for (offset, row_stats) in block_stats[..count].iter().enumerate() {
                 let row = first + offset;
                 let range = row * dim..(row + 1) * dim;
@@ -101,7 +135,7 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
         let current_stats = match pending {
             Next::Known(row_stats) => Some(row_stats),
             Next::Fallback => None,
-            Next::Unknown => stats_of_row::<E, S, false>(simd, x_row.unwrap_or(out_row), layer),
+            Next::Unknown => stats_of_row::<E, S>(simd, x_row.unwrap_or(out_row), layer),
         };
         pending = Next::Unknown;
         let next: Option<&[E]> = match x {
@@ -142,16 +176,16 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
     }
 }
 
-/// A row's statistics by passes of their own, starting from the first estimate of its mean
-/// (`SHORT`: a short row, see [`row_stats_from`]).
+/// A long row's statistics by passes of their own, starting from the first estimate of its
+/// mean (short rows: the block steps in `forward_all`).
 #[inline(always)]
-fn stats_of_row<E: Storage, S: Simd, const SHORT: bool>(
+fn stats_of_row<E: Storage, S: Simd>(
     simd: S,
     values: &[E],
     layer: Layer<'_, E::Wide>,
 ) -> Option<RowStats<E::Wide>> {
     let shift = first_shift::<E, S>(simd, values, layer.centered);
-    row_stats_from::<E, S, SHORT>(simd, values, shift, layer.eps, layer.centered)
+    row_stats_from::<E, S, false>(simd, values, shift, layer.eps, layer.centered)
 }
 
 /// One row's input (`None` in place: the row is read from the output) and output.

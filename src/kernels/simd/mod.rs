@@ -550,46 +550,70 @@ fn finish_stats<T: SimdFloat>(
     }
 }
 
+/// The sums `(Σ (xᵢ − shift), Σ (xᵢ − shift)²)` of one row, by [`sum_and_dot!`] (`SHORT`: the
+/// row fits one fold period, see `sum_and_dot_once_with!`; the same bits, less bookkeeping).
+#[inline(always)]
+fn deviation_sums<E: Storage, S: Simd, const SHORT: bool>(
+    simd: S,
+    row: &[E],
+    shift: E::Wide,
+) -> (f64, f64) {
+    type T<E> = <E as Storage>::Wide;
+    let (head, tail) = E::split::<S>(row);
+    let count = E::count::<S>(&head);
+    let head = E::first(head, count);
+    let shift_vector = T::<E>::splat(simd, shift);
+    macro_rules! deviations {
+        ($($once:ident;)?) => {
+            sum_and_dot!($($once;)? T<E>, simd, count, |k| {
+                let deviation =
+                    T::<E>::sub_vectors(simd, E::load(simd, &head, k), shift_vector);
+                (deviation, deviation, deviation)
+            }, tail: tail.len() => {
+                let deviation =
+                    T::<E>::sub_vectors(simd, E::load_partial(simd, tail), shift_vector);
+                (deviation, deviation, deviation)
+            })
+        };
+    }
+    if SHORT {
+        deviations!(once;)
+    } else {
+        deviations!()
+    }
+}
+
 /// Statistics of one row by a pass over it around `shift`, refined at most twice; `None` when
 /// the row needs the scalar specification (non-finite values, overflowing squares, squares in
 /// the subnormal range with a tiny ε, or no shift close enough to the mean). `SHORT`: the row
-/// fits one fold period (see `sum_and_dot_once_with!`; the same bits, less bookkeeping).
+/// fits one fold period (see [`deviation_sums`]).
 #[inline(always)]
 fn row_stats_from<E: Storage, S: Simd, const SHORT: bool>(
+    simd: S,
+    row: &[E],
+    shift: E::Wide,
+    eps: f64,
+    centered: bool,
+) -> Option<RowStats<E::Wide>> {
+    row_stats_within::<E, S, SHORT>(simd, row, shift, eps, centered, 3)
+}
+
+/// [`row_stats_from`] with at most `passes` passes over the row.
+#[inline(always)]
+fn row_stats_within<E: Storage, S: Simd, const SHORT: bool>(
     simd: S,
     row: &[E],
     mut shift: E::Wide,
     eps: f64,
     centered: bool,
+    passes: usize,
 ) -> Option<RowStats<E::Wide>> {
-    type T<E> = <E as Storage>::Wide;
     let n = RowLength::new(row.len());
-    let (head, tail) = E::split::<S>(row);
-    let count = E::count::<S>(&head);
-    let head = E::first(head, count);
-    for _ in 0..3 {
+    for _ in 0..passes {
         if !shift.is_finite() {
             return None;
         }
-        let shift_vector = T::<E>::splat(simd, shift);
-        macro_rules! deviations {
-            ($($once:ident;)?) => {
-                sum_and_dot!($($once;)? T<E>, simd, count, |k| {
-                    let deviation =
-                        T::<E>::sub_vectors(simd, E::load(simd, &head, k), shift_vector);
-                    (deviation, deviation, deviation)
-                }, tail: tail.len() => {
-                    let deviation =
-                        T::<E>::sub_vectors(simd, E::load_partial(simd, tail), shift_vector);
-                    (deviation, deviation, deviation)
-                })
-            };
-        }
-        let (sum, sum_of_squares) = if SHORT {
-            deviations!(once;)
-        } else {
-            deviations!()
-        };
+        let (sum, sum_of_squares) = deviation_sums::<E, S, SHORT>(simd, row, shift);
         match finish_stats(shift, sum, sum_of_squares, n, eps, centered) {
             StatsStep::Done(stats) => return Some(stats),
             StatsStep::Refine(better) => shift = better,
