@@ -369,6 +369,7 @@ macro_rules! half_storage {
             type Vectors<'a, S: Simd> = HalfVectors<'a, $half>;
             type VectorsMut<'a, S: Simd> = HalfVectorsMut<'a, $half>;
             const AT_MOST_AVX2: bool = true;
+            const CACHED_LOOP_COPY: bool = true;
 
             #[inline(always)]
             fn runs_on_avx2() -> bool {

@@ -132,7 +132,8 @@ fn forced() -> Option<Stores> {
 /// `ROW_CHECKED = true` checks the row's start once (every piece of an aligned row is
 /// aligned), for the half loops: the compiler did not lift their per-piece address check,
 /// about six of the f16 forward's thirty instructions per vector (2-core AMD EPYC VM). What is
-/// left per piece is the test of the job's stores, which it lifts out of the f16 forward loop.
+/// left per piece is the test of the job's stores; the half forward also has a copy of its
+/// loops for ordinary stores only, which tests nothing (`Storage::CACHED_LOOP_COPY`).
 /// The backward loops always store ordinarily (into `dx`, or into a row in cache that is then
 /// streamed out by [`copy_row`]), so they test nothing.
 pub(crate) struct OutVectors<'a, V, const ROW_CHECKED: bool = false> {

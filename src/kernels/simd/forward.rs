@@ -9,6 +9,7 @@ use super::{
     deviation_sums, finish_stats, first_shift, row_stats_from, row_stats_within, Normalizer,
     RowLength, RowStats, SimdFloat, StatsStep, Storage, SHORT_ROW_BYTES,
 };
+use crate::kernels::stream::Stores;
 use crate::kernels::{ForwardRows, Layer, RowStatsOut};
 use num_traits::{Float, One, Zero};
 use pulp::{Simd, WithSimd};
@@ -218,12 +219,11 @@ fn write_row<E: Storage, S: Simd, V: ForwardBody>(
         Some(row_stats) => {
             record_stats::<E>(stats, row, row_stats);
             let normalizer = Normalizer::new::<E::Wide, S>(simd, &row_stats);
-            let mut head = RowHead::<E, S>::new::<V>(x_row, out_row, layer);
-            for k in 0..head.len {
-                let y = head.y::<V>(simd, &normalizer, k);
-                E::store(simd, &mut head.out, k, y);
+            if E::CACHED_LOOP_COPY && layer.stores == Stores::Cached {
+                write_vectors::<E, S, V, false>(simd, (x_row, out_row), &normalizer, layer);
+            } else {
+                write_vectors::<E, S, V, true>(simd, (x_row, out_row), &normalizer, layer);
             }
-            head.finish_tail(simd, &normalizer);
         }
         None => {
             let stats = stats.as_mut().map(|stats| RowStatsOut {
@@ -235,11 +235,47 @@ fn write_row<E: Storage, S: Simd, V: ForwardBody>(
     }
 }
 
+/// Pass 3 of one row: `out = gain · x̂ + bias` (`STREAM`: with the layer's stores; otherwise
+/// ordinary stores, known at compile time, so that the loop tests nothing).
+#[inline(always)]
+fn write_vectors<E: Storage, S: Simd, V: ForwardBody, const STREAM: bool>(
+    simd: S,
+    (x_row, out_row): RowIo<'_, E>,
+    normalizer: &Normalizer<WideVector<E, S>>,
+    layer: Layer<'_, E::Wide>,
+) {
+    let mut head = RowHead::<E, S>::new::<V, STREAM>(x_row, out_row, layer);
+    for k in 0..head.len {
+        let y = head.y::<V>(simd, normalizer, k);
+        E::store(simd, &mut head.out, k, y);
+    }
+    head.finish_tail(simd, normalizer);
+}
+
 /// Pass 3 of one row fused with pass 2 of the next: writes the row's `out = gain · x̂ + bias`
 /// while summing the next row's deviations from `next_shift`, so that reading the next row
 /// overlaps writing this one. Returns the next row's sums, tail included.
 #[inline(always)]
 fn normalize_row_and_sum_next<E: Storage, S: Simd, V: ForwardBody>(
+    simd: S,
+    row_io: RowIo<'_, E>,
+    row_stats: RowStats<E::Wide>,
+    layer: Layer<'_, E::Wide>,
+    next: &[E],
+    next_shift: E::Wide,
+) -> (f64, f64) {
+    // For half precision two copies of the loop: one with ordinary stores only, which tests no
+    // store choice per vector, and one with the layer's (see `Storage::CACHED_LOOP_COPY`).
+    if E::CACHED_LOOP_COPY && layer.stores == Stores::Cached {
+        normalize_and_sum_next::<E, S, V, false>(simd, row_io, row_stats, layer, next, next_shift)
+    } else {
+        normalize_and_sum_next::<E, S, V, true>(simd, row_io, row_stats, layer, next, next_shift)
+    }
+}
+
+/// [`normalize_row_and_sum_next`] with its store choice fixed (see [`write_vectors`]).
+#[inline(always)]
+fn normalize_and_sum_next<E: Storage, S: Simd, V: ForwardBody, const STREAM: bool>(
     simd: S,
     (x_row, out_row): RowIo<'_, E>,
     row_stats: RowStats<E::Wide>,
@@ -249,7 +285,7 @@ fn normalize_row_and_sum_next<E: Storage, S: Simd, V: ForwardBody>(
 ) -> (f64, f64) {
     type T<E> = <E as Storage>::Wide;
     let normalizer = Normalizer::new::<T<E>, S>(simd, &row_stats);
-    let mut head = RowHead::<E, S>::new::<V>(x_row, out_row, layer);
+    let mut head = RowHead::<E, S>::new::<V, STREAM>(x_row, out_row, layer);
     let len = head.len;
     let (next_head, next_tail) = E::split::<S>(next);
     let next_head = E::first(next_head, len);
@@ -283,12 +319,13 @@ struct RowHead<'r, E: Storage, S: Simd> {
 
 impl<'r, E: Storage, S: Simd> RowHead<'r, E, S> {
     #[inline(always)]
-    fn new<V: ForwardBody>(
+    fn new<V: ForwardBody, const STREAM: bool>(
         x: Option<&'r [E]>,
         out: &'r mut [E],
         layer: Layer<'r, E::Wide>,
     ) -> Self {
-        let (out, out_tail) = E::split_mut::<S>(out, layer.stores);
+        let stores = if STREAM { layer.stores } else { Stores::Cached };
+        let (out, out_tail) = E::split_mut::<S>(out, stores);
         let len = E::count_mut::<S>(&out);
         let out = E::first_mut(out, len);
         let (x, x_tail) = match x {
