@@ -116,6 +116,11 @@ pub trait Element:
     /// from zero): the finest split the driver may use (the crate's detail).
     #[doc(hidden)]
     const GRAD_GROUP_ROWS: usize;
+
+    /// Whether large outputs of this type are written with streaming stores (see
+    /// `kernels::stream`); half precision keeps ordinary stores (the crate's detail).
+    #[doc(hidden)]
+    const STREAMING_STORES: bool = true;
 }
 
 /// f32 and f64 run the SIMD kernels.
@@ -188,6 +193,9 @@ macro_rules! half_element {
             type Compute = f32;
             // Each job's sums are rounded to f32 once: only whole gradient blocks split.
             const GRAD_GROUP_ROWS: usize = crate::rows::GRAD_BLOCK_ROWS;
+            // Their loops are slower than memory on one thread: ordinary stores were faster
+            // at 64 MiB outputs (see `Stores::cached_unless_forced`).
+            const STREAMING_STORES: bool = false;
 
             fn to_compute<'a>(values: &'a [Self], buffer: &'a mut Vec<f32>) -> &'a [f32] {
                 use half::slice::HalfFloatSliceExt;

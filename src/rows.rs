@@ -118,8 +118,28 @@ pub(crate) fn forward<A: Element>(mut job: ForwardRows<'_, A>) {
 /// stores.
 fn output_stores<A: Element>(job: &ForwardRows<'_, A>) -> Stores {
     match job.x {
-        Some(_) => Stores::for_output(size_of_val(job.out)),
+        Some(_) => forward_stores::<A>(size_of_val(job.out)),
         None => Stores::Cached,
+    }
+}
+
+/// The stores for a forward output of `bytes` bytes of `A` (see [`Stores::for_output`]; half
+/// precision: [`Stores::cached_unless_forced`]).
+fn forward_stores<A: Element>(bytes: usize) -> Stores {
+    if A::STREAMING_STORES {
+        Stores::for_output(bytes)
+    } else {
+        Stores::cached_unless_forced()
+    }
+}
+
+/// The stores for a backward `dx` of `bytes` bytes of `A` (see
+/// [`Stores::for_backward_output`]; half precision: [`Stores::cached_unless_forced`]).
+fn backward_stores<A: Element>(bytes: usize) -> Stores {
+    if A::STREAMING_STORES {
+        Stores::for_backward_output(bytes)
+    } else {
+        Stores::cached_unless_forced()
     }
 }
 
@@ -391,7 +411,7 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
     // Streaming stores for a large dx (see `Stores::for_backward_output`); with `dsum`, each
     // row of dx is read back to add it: ordinary stores always.
     if job.out.dsum.is_none() {
-        job.rows.layer.stores = Stores::for_backward_output(size_of_val(job.out.dx));
+        job.rows.layer.stores = backward_stores::<A>(size_of_val(job.out.dx));
     }
     if !job.out.sums.is_wanted() {
         return run(BlockedBackward { job, group_rows: 1 });
@@ -453,7 +473,35 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
 
 #[cfg(all(test, feature = "rayon"))]
 mod tests {
-    use super::{task_rows, GRAD_BLOCK_ROWS};
+    use super::{backward_stores, forward_stores, task_rows, GRAD_BLOCK_ROWS};
+    use crate::kernels::stream::Stores;
+
+    /// Large f32 and f64 outputs stream (where the CPU can); half-precision outputs keep
+    /// ordinary stores at any size, unless `LAYERNORM_STORES` forces a choice.
+    #[test]
+    fn half_precision_outputs_keep_ordinary_stores() {
+        if std::env::var_os("LAYERNORM_STORES").is_some() {
+            return;
+        }
+        let huge = 1 << 40;
+        for stores in [
+            forward_stores::<f32>(huge),
+            forward_stores::<f64>(huge),
+            backward_stores::<f32>(huge),
+        ] {
+            assert_eq!(stores, Stores::streaming());
+        }
+        assert_eq!(forward_stores::<f32>(4096), Stores::Cached);
+        #[cfg(feature = "half")]
+        for stores in [
+            forward_stores::<half::f16>(huge),
+            forward_stores::<half::bf16>(huge),
+            backward_stores::<half::f16>(huge),
+            backward_stores::<half::bf16>(huge),
+        ] {
+            assert_eq!(stores, Stores::Cached);
+        }
+    }
 
     /// Tasks of `rows` rows for a job whose split points are multiples of `align` rows, as
     /// `split` cuts it: halves at aligned rows until a piece has at most `task` rows.
