@@ -70,5 +70,10 @@ for stores in cached streaming; do
   LAYERNORM_STORES=$stores timeout "$(cap 40)" "$B/bench_json" --threads 1,16 \
     --shapes 4096x1024,8192x4096,32768x4096 --ops forward,backward $J \
     > "$O/stores_$stores.jsonl" 2> "$O/stores_$stores.txt"
+  # Half precision keeps ordinary stores by default (streaming cost 1.2-1.3x on the 2-core
+  # VM at one and two threads); whether 16 threads gain from streaming is open.
+  LAYERNORM_STORES=$stores timeout "$(cap 20)" "$B/bench_json" --threads 1,16 --types f16,bf16 \
+    --shapes 8192x4096 --ops forward,backward $J \
+    > "$O/stores_half_$stores.jsonl" 2> "$O/stores_half_$stores.txt"
 done
 t done
