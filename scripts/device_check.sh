@@ -41,6 +41,13 @@ timeout "$(cap 170)" "$B/bench_json" --threads 1,2,4,8,16 \
   --shapes 512x1024,4096x1024,8192x4096,65536x64,32768x4096 \
   --ops forward,backward,memcpy,three_stream --samples 11 --sample-ms 40 \
   > "$O/sweep.jsonl" 2> "$O/sweep.txt"
+t schedule
+# The same sweep's in-cache shapes with one fixed share of rows per thread (rayon::broadcast,
+# OpenMP's static schedule) instead of work stealing: whether a thread that finds its rows'
+# outputs in its own L2 from the previous call scales 512x1024 further (same bits).
+LAYERNORM_SCHEDULE=static timeout "$(cap 60)" "$B/bench_json" --threads 1,2,4,8,16 \
+  --shapes 512x1024,4096x1024 --ops forward,backward $J \
+  > "$O/schedule_static.jsonl" 2> "$O/schedule_static.txt"
 t isa
 # The cost of the 16-lane kernels against the 8-lane ones on the same machine (same bits).
 for isa in avx2 default avx2 default; do

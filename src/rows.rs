@@ -61,13 +61,73 @@ trait RowJob: Send + Sized {
     fn run(self);
 }
 
-/// Runs `job`, cut into tasks across rayon's threads when [`task_rows`] says so.
+/// Runs `job`, cut into tasks across rayon's threads when [`task_rows`] says so, as
+/// [`schedule`] says.
 fn run<J: RowJob>(job: J) {
     #[cfg(feature = "rayon")]
     if let Some(rows_per_task) = task_rows(job.rows(), job.dim(), rayon::current_num_threads()) {
-        return split(job, rows_per_task);
+        return match schedule() {
+            Schedule::Steal => split(job, rows_per_task),
+            Schedule::Static => run_in_shares(job, rayon::current_num_threads()),
+        };
     }
     job.run();
+}
+
+/// How a parallel job's rows are given to the threads.
+#[cfg(feature = "rayon")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Schedule {
+    /// Tasks from one recursive split, taken by whichever thread is free (rayon's work
+    /// stealing): the default.
+    Steal,
+    /// One contiguous share of the rows per thread of the pool, the same share for the same
+    /// shape on every call (OpenMP's static schedule), so that a thread finds the rows it wrote
+    /// in the previous call in its own cache. For measuring on many cores; the same bits.
+    Static,
+}
+
+/// The schedule `LAYERNORM_SCHEDULE` names (`static`; anything else, or nothing, is
+/// [`Schedule::Steal`]), read once.
+#[cfg(feature = "rayon")]
+fn schedule() -> Schedule {
+    static SCHEDULE: std::sync::OnceLock<Schedule> = std::sync::OnceLock::new();
+    *SCHEDULE.get_or_init(|| {
+        match std::env::var("LAYERNORM_SCHEDULE")
+            .map(|value| value.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            Ok("static") => Schedule::Static,
+            _ => Schedule::Steal,
+        }
+    })
+}
+
+/// [`Schedule::Static`]: `job` cut at aligned rows into `shares` contiguous pieces of (nearly)
+/// equal length, piece `i` run by thread `i` of the current pool (`rayon::broadcast`); empty
+/// pieces are not run. Aligned cuts, like [`split`]'s, so the same bits.
+#[cfg(feature = "rayon")]
+fn run_in_shares<J: RowJob>(job: J, shares: usize) {
+    let units = job.rows().div_ceil(job.align());
+    let align = job.align();
+    let mut pieces = Vec::with_capacity(shares);
+    let mut rest = job;
+    for share in 1..shares {
+        let length = (share * units / shares - (share - 1) * units / shares) * align;
+        let rows = length.min(rest.rows());
+        let (piece, after) = rest.split_at(rows);
+        pieces.push(std::sync::Mutex::new(Some(piece)));
+        rest = after;
+    }
+    pieces.push(std::sync::Mutex::new(Some(rest)));
+    rayon::broadcast(|context| {
+        let piece = pieces
+            .get(context.index())
+            .and_then(|piece| piece.lock().ok()?.take());
+        if let Some(piece) = piece.filter(|piece| piece.rows() > 0) {
+            piece.run();
+        }
+    });
 }
 
 /// Halves `job` at an aligned row until the pieces hold at most `rows_per_task` rows.
