@@ -1,7 +1,8 @@
 #!/bin/bash
 # One run on a lent many-core machine (see the device tool's README): the same-bits check under
-# every instruction-set cap, the kernel tests, a 1-16 thread sweep with same-run ceilings, both
-# store paths, the rayon hand-off cost and PyTorch side by side when it is installed there.
+# every instruction-set cap, the kernel tests, a 1-16 thread sweep with same-run ceilings, the
+# static schedule (LAYERNORM_SCHEDULE=static), both store paths (half precision too), the rayon
+# hand-off cost and PyTorch side by side when it is installed there.
 # Nothing is built there: first build here and put the binaries in devrun/bin (ignored by git):
 #
 #   cargo build --release --features half --example bench_json --example same_bits
@@ -36,6 +37,8 @@ done > "$O/same_bits.txt"
 t lib-tests
 timeout "$(cap 90)" "$B/lib_tests" > "$O/lib_tests.txt" 2>&1; echo "rc=$?" >> "$O/lib_tests.txt"
 timeout "$(cap 90)" "$B/threads_tests" > "$O/threads_tests.txt" 2>&1; echo "rc=$?" >> "$O/threads_tests.txt"
+LAYERNORM_SCHEDULE=static timeout "$(cap 60)" "$B/threads_tests" > "$O/threads_static.txt" 2>&1
+echo "rc=$?" >> "$O/threads_static.txt"
 t sweep
 timeout "$(cap 170)" "$B/bench_json" --threads 1,2,4,8,16 \
   --shapes 512x1024,4096x1024,8192x4096,65536x64,32768x4096 \
