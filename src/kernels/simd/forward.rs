@@ -169,7 +169,7 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
         );
         pending = match finish_stats(shift, sum, sum_of_squares, n, layer.eps, centered) {
             StatsStep::Done(next_stats) => Next::Known(next_stats),
-            StatsStep::Refine(better) => Next::from_stats(row_stats_from::<E, S, false>(
+            StatsStep::Refine(better) => Next::from_stats(row_stats_from::<E, S>(
                 simd, next, better, layer.eps, centered,
             )),
             StatsStep::Fallback => Next::Fallback,
@@ -186,7 +186,7 @@ fn stats_of_row<E: Storage, S: Simd>(
     layer: Layer<'_, E::Wide>,
 ) -> Option<RowStats<E::Wide>> {
     let shift = first_shift::<E, S>(simd, values, layer.centered);
-    row_stats_from::<E, S, false>(simd, values, shift, layer.eps, layer.centered)
+    row_stats_from::<E, S>(simd, values, shift, layer.eps, layer.centered)
 }
 
 /// One row's input (`None` in place: the row is read from the output) and output.
@@ -219,7 +219,7 @@ fn write_row<E: Storage, S: Simd, V: ForwardBody>(
         Some(row_stats) => {
             record_stats::<E>(stats, row, row_stats);
             let normalizer = Normalizer::new::<E::Wide, S>(simd, &row_stats);
-            if E::CACHED_LOOP_COPY && layer.stores == Stores::Cached {
+            if cached_loop::<E>(layer) {
                 write_vectors::<E, S, V, false>(simd, (x_row, out_row), &normalizer, layer);
             } else {
                 write_vectors::<E, S, V, true>(simd, (x_row, out_row), &normalizer, layer);
@@ -233,6 +233,14 @@ fn write_row<E: Storage, S: Simd, V: ForwardBody>(
             E::forward_fallback(layer, x_row, out_row, stats);
         }
     }
+}
+
+/// Whether a row's loop runs its copy for ordinary stores only: for half precision, two copies
+/// of the row loops, one that tests no store choice per vector and one with the layer's stores
+/// (see `Storage::CACHED_LOOP_COPY`).
+#[inline(always)]
+fn cached_loop<E: Storage>(layer: Layer<'_, E::Wide>) -> bool {
+    E::CACHED_LOOP_COPY && layer.stores == Stores::Cached
 }
 
 /// Pass 3 of one row: `out = gain · x̂ + bias` (`STREAM`: with the layer's stores; otherwise
@@ -264,9 +272,7 @@ fn normalize_row_and_sum_next<E: Storage, S: Simd, V: ForwardBody>(
     next: &[E],
     next_shift: E::Wide,
 ) -> (f64, f64) {
-    // For half precision two copies of the loop: one with ordinary stores only, which tests no
-    // store choice per vector, and one with the layer's (see `Storage::CACHED_LOOP_COPY`).
-    if E::CACHED_LOOP_COPY && layer.stores == Stores::Cached {
+    if cached_loop::<E>(layer) {
         normalize_and_sum_next::<E, S, V, false>(simd, row_io, row_stats, layer, next, next_shift)
     } else {
         normalize_and_sum_next::<E, S, V, true>(simd, row_io, row_stats, layer, next, next_shift)

@@ -585,20 +585,21 @@ fn deviation_sums<E: Storage, S: Simd, const SHORT: bool>(
 
 /// Statistics of one row by a pass over it around `shift`, refined at most twice; `None` when
 /// the row needs the scalar specification (non-finite values, overflowing squares, squares in
-/// the subnormal range with a tiny ε, or no shift close enough to the mean). `SHORT`: the row
-/// fits one fold period (see [`deviation_sums`]).
+/// the subnormal range with a tiny ε, or no shift close enough to the mean). For long rows
+/// (short ones take these steps a block at a time, in the forward).
 #[inline(always)]
-fn row_stats_from<E: Storage, S: Simd, const SHORT: bool>(
+fn row_stats_from<E: Storage, S: Simd>(
     simd: S,
     row: &[E],
     shift: E::Wide,
     eps: f64,
     centered: bool,
 ) -> Option<RowStats<E::Wide>> {
-    row_stats_within::<E, S, SHORT>(simd, row, shift, eps, centered, 3)
+    row_stats_within::<E, S, false>(simd, row, shift, eps, centered, 3)
 }
 
-/// [`row_stats_from`] with at most `passes` passes over the row.
+/// [`row_stats_from`] with at most `passes` passes over the row (`SHORT`: the row fits one
+/// fold period, see [`deviation_sums`]).
 #[inline(always)]
 fn row_stats_within<E: Storage, S: Simd, const SHORT: bool>(
     simd: S,
