@@ -754,6 +754,85 @@ mod half_rows {
         }
     }
 
+    /// NaNs in `y` keep their bits: one carried from a gain or bias NaN with payload in its
+    /// lower bits (which the bf16 loops' common copy would round into its upper ones, so such
+    /// a layer runs the general copy), and the one the arithmetic makes from an infinite gain
+    /// on `x̂ = 0` (which the common copy rounds exactly). Compared with the f32 kernels' `y` on
+    /// the same instruction set, rounded lane by lane; each NaN there has one source.
+    fn check_nan_bits<H: HalfElement + Storage<Wide = f32>>() {
+        let payload = f32::from_bits(0x7FC0_FFFF);
+        for dim in [64, 1000] {
+            // Pairs of lanes ±v (lanes 4 and 5 both 0): the mean is exactly 0, so x̂ is 0 in
+            // lane 5, where the gain is infinite.
+            let x_row: Vec<f32> = (0..dim)
+                .map(|i| match i {
+                    4 | 5 => 0.0,
+                    _ => (1 + (i / 2) % 9) as f32 * if i % 2 == 0 { 0.5 } else { -0.5 },
+                })
+                .collect();
+            let rows = 4;
+            let x_wide: Vec<f32> = x_row.iter().cycle().take(rows * dim).copied().collect();
+            let x: Vec<H> = x_wide.iter().map(|&v| H::narrow_one(v)).collect();
+            assert!(x.iter().zip(&x_wide).all(|(h, &w)| h.widen_one() == w));
+            let mut gain = vec![1.25f32; dim];
+            gain[5] = f32::INFINITY;
+            let bias = vec![0.5f32; dim];
+            for (gain_nan, bias_nan) in [(false, false), (true, false), (false, true)] {
+                let mut gain = gain.clone();
+                let mut bias = bias.clone();
+                if gain_nan {
+                    gain[3] = payload;
+                }
+                if bias_nan {
+                    bias[7] = payload;
+                }
+                for &(name, arch) in &instruction_sets() {
+                    for stores in store_choices() {
+                        let layer = Layer {
+                            dim,
+                            gain: Some(&gain[..]),
+                            bias: Some(&bias[..]),
+                            centered: true,
+                            eps: 1e-5,
+                            stores,
+                        };
+                        let mut y = vec![H::narrow_one(0.0); x.len()];
+                        arch.dispatch(ForwardRows {
+                            layer,
+                            x: Some(&x),
+                            out: &mut y,
+                            stats: None,
+                        });
+                        let mut y_wide = vec![0.0f32; x.len()];
+                        arch.dispatch(ForwardRows {
+                            layer: H::wide_layer(layer),
+                            x: Some(&x_wide),
+                            out: &mut y_wide,
+                            stats: None,
+                        });
+                        let expected: Vec<u16> = y_wide
+                            .iter()
+                            .map(|&v| bytemuck::cast(H::narrow_one(v)))
+                            .collect();
+                        let got: Vec<u16> = y.iter().map(|&v| bytemuck::cast(v)).collect();
+                        let case = format!("{name} {stores:?} dim {dim} {gain_nan} {bias_nan}");
+                        assert_eq!(got, expected, "{case}");
+                        assert!(y_wide[5].is_nan() && y_wide[6].is_finite(), "{case}");
+                        if gain_nan {
+                            assert_eq!(got[3], bytemuck::cast(H::narrow_one(payload)), "{case}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nan_bits_in_half_outputs_are_kept() {
+        check_nan_bits::<half::f16>();
+        check_nan_bits::<half::bf16>();
+    }
+
     #[test]
     fn f16_rows_give_the_f32_kernels_results_rounded_once_on_every_instruction_set() {
         check::<half::f16>(0x7C01);

@@ -65,6 +65,7 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
     let dim = layer.dim;
     let rows = out.len() / dim;
     let centered = layer.centered;
+    let common = common_loop::<E>(layer);
     if dim * size_of::<T<E>>() <= SHORT_ROW_BYTES {
         // Short rows: a row's statistics are a chain of dependent steps (first estimate of the
         // mean, the sums around it, then the f64 arithmetic of `finish_stats`, with a square
@@ -118,7 +119,7 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
                 let row = first + offset;
                 let range = row * dim..(row + 1) * dim;
                 let row_io = (x.map(|x| &x[range.clone()]), &mut out[range]);
-                write_row::<E, S, V>(simd, row_io, *row_stats, layer, &mut stats, row);
+                write_row::<E, S, V>(simd, row_io, *row_stats, (layer, common), &mut stats, row);
             }
         }
         return;
@@ -152,7 +153,7 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
                 simd,
                 (x_row, out_row),
                 current_stats,
-                layer,
+                (layer, common),
                 &mut stats,
                 row,
             );
@@ -163,7 +164,7 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
             simd,
             (x_row, out_row),
             row_stats_now,
-            layer,
+            (layer, common),
             next,
             shift,
         );
@@ -211,7 +212,7 @@ fn write_row<E: Storage, S: Simd, V: ForwardBody>(
     simd: S,
     (x_row, out_row): RowIo<'_, E>,
     row_stats: Option<RowStats<E::Wide>>,
-    layer: Layer<'_, E::Wide>,
+    (layer, common): (Layer<'_, E::Wide>, bool),
     stats: &mut Option<RowStatsOut<'_, E::Stat>>,
     row: usize,
 ) {
@@ -219,10 +220,10 @@ fn write_row<E: Storage, S: Simd, V: ForwardBody>(
         Some(row_stats) => {
             record_stats::<E>(stats, row, row_stats);
             let normalizer = Normalizer::new::<E::Wide, S>(simd, &row_stats);
-            if cached_loop::<E>(layer) {
-                write_vectors::<E, S, V, false>(simd, (x_row, out_row), &normalizer, layer);
-            } else {
+            if common {
                 write_vectors::<E, S, V, true>(simd, (x_row, out_row), &normalizer, layer);
+            } else {
+                write_vectors::<E, S, V, false>(simd, (x_row, out_row), &normalizer, layer);
             }
         }
         None => {
@@ -235,27 +236,36 @@ fn write_row<E: Storage, S: Simd, V: ForwardBody>(
     }
 }
 
-/// Whether a row's loop runs its copy for ordinary stores only: for half precision, two copies
-/// of the row loops, one that tests no store choice per vector and one with the layer's stores
-/// (see `Storage::CACHED_LOOP_COPY`).
+/// Whether the job's rows run the common copy of the row loops: for half precision the loops
+/// are compiled twice (see `Storage::CACHED_LOOP_COPY`), once for the common case and once
+/// for any layer. The common copy stores with ordinary stores, testing no store choice per
+/// vector, and rounds with [`Storage::store_plain_nans`]. That is exact here when the gain and
+/// bias hold no NaN: the rows this path writes have finite values and statistics (the others go
+/// to the scalar specification, see `finish_stats`), so every NaN in `y` is then made by the
+/// arithmetic itself (`∞ · 0`, `∞ − ∞`), never carried from an operand. Checked once
+/// per job (the parameters are one row's length).
 #[inline(always)]
-fn cached_loop<E: Storage>(layer: Layer<'_, E::Wide>) -> bool {
-    E::CACHED_LOOP_COPY && layer.stores == Stores::Cached
+fn common_loop<E: Storage>(layer: Layer<'_, E::Wide>) -> bool {
+    let no_nan = |values: Option<&[E::Wide]>| values.is_none_or(|v| !v.iter().any(|v| v.is_nan()));
+    E::CACHED_LOOP_COPY
+        && layer.stores == Stores::Cached
+        && no_nan(layer.gain)
+        && no_nan(layer.bias)
 }
 
-/// Pass 3 of one row: `out = gain · x̂ + bias` (`STREAM`: with the layer's stores; otherwise
-/// ordinary stores, known at compile time, so that the loop tests nothing).
+/// Pass 3 of one row: `out = gain · x̂ + bias` (`COMMON`: the common copy, see
+/// [`common_loop`]; otherwise with the layer's stores and any NaN).
 #[inline(always)]
-fn write_vectors<E: Storage, S: Simd, V: ForwardBody, const STREAM: bool>(
+fn write_vectors<E: Storage, S: Simd, V: ForwardBody, const COMMON: bool>(
     simd: S,
     (x_row, out_row): RowIo<'_, E>,
     normalizer: &Normalizer<WideVector<E, S>>,
     layer: Layer<'_, E::Wide>,
 ) {
-    let mut head = RowHead::<E, S>::new::<V, STREAM>(x_row, out_row, layer);
+    let mut head = RowHead::<E, S>::new::<V, COMMON>(x_row, out_row, layer);
     for k in 0..head.len {
         let y = head.y::<V>(simd, normalizer, k);
-        E::store(simd, &mut head.out, k, y);
+        head.store::<COMMON>(simd, k, y);
     }
     head.finish_tail(simd, normalizer);
 }
@@ -268,20 +278,20 @@ fn normalize_row_and_sum_next<E: Storage, S: Simd, V: ForwardBody>(
     simd: S,
     row_io: RowIo<'_, E>,
     row_stats: RowStats<E::Wide>,
-    layer: Layer<'_, E::Wide>,
+    (layer, common): (Layer<'_, E::Wide>, bool),
     next: &[E],
     next_shift: E::Wide,
 ) -> (f64, f64) {
-    if cached_loop::<E>(layer) {
-        normalize_and_sum_next::<E, S, V, false>(simd, row_io, row_stats, layer, next, next_shift)
-    } else {
+    if common {
         normalize_and_sum_next::<E, S, V, true>(simd, row_io, row_stats, layer, next, next_shift)
+    } else {
+        normalize_and_sum_next::<E, S, V, false>(simd, row_io, row_stats, layer, next, next_shift)
     }
 }
 
-/// [`normalize_row_and_sum_next`] with its store choice fixed (see [`write_vectors`]).
+/// [`normalize_row_and_sum_next`] with its copy chosen (see [`write_vectors`]).
 #[inline(always)]
-fn normalize_and_sum_next<E: Storage, S: Simd, V: ForwardBody, const STREAM: bool>(
+fn normalize_and_sum_next<E: Storage, S: Simd, V: ForwardBody, const COMMON: bool>(
     simd: S,
     (x_row, out_row): RowIo<'_, E>,
     row_stats: RowStats<E::Wide>,
@@ -291,14 +301,14 @@ fn normalize_and_sum_next<E: Storage, S: Simd, V: ForwardBody, const STREAM: boo
 ) -> (f64, f64) {
     type T<E> = <E as Storage>::Wide;
     let normalizer = Normalizer::new::<T<E>, S>(simd, &row_stats);
-    let mut head = RowHead::<E, S>::new::<V, STREAM>(x_row, out_row, layer);
+    let mut head = RowHead::<E, S>::new::<V, COMMON>(x_row, out_row, layer);
     let len = head.len;
     let (next_head, next_tail) = E::split::<S>(next);
     let next_head = E::first(next_head, len);
     let shift = T::<E>::splat(simd, next_shift);
     let sums = sum_and_dot!(T<E>, simd, len, |k| {
         let y = head.y::<V>(simd, &normalizer, k);
-        E::store(simd, &mut head.out, k, y);
+        head.store::<COMMON>(simd, k, y);
         let deviation = T::<E>::sub_vectors(simd, E::load(simd, &next_head, k), shift);
         (deviation, deviation, deviation)
     }, tail: next_tail.len() => {
@@ -325,12 +335,12 @@ struct RowHead<'r, E: Storage, S: Simd> {
 
 impl<'r, E: Storage, S: Simd> RowHead<'r, E, S> {
     #[inline(always)]
-    fn new<V: ForwardBody, const STREAM: bool>(
+    fn new<V: ForwardBody, const COMMON: bool>(
         x: Option<&'r [E]>,
         out: &'r mut [E],
         layer: Layer<'r, E::Wide>,
     ) -> Self {
-        let stores = if STREAM { layer.stores } else { Stores::Cached };
+        let stores = if COMMON { Stores::Cached } else { layer.stores };
         let (out, out_tail) = E::split_mut::<S>(out, stores);
         let len = E::count_mut::<S>(&out);
         let out = E::first_mut(out, len);
@@ -360,6 +370,16 @@ impl<'r, E: Storage, S: Simd> RowHead<'r, E, S> {
             out_tail,
             gain_tail,
             bias_tail,
+        }
+    }
+
+    /// Stores `y` as vector `k` (`COMMON`: see [`common_loop`]).
+    #[inline(always)]
+    fn store<const COMMON: bool>(&mut self, simd: S, k: usize, y: WideVector<E, S>) {
+        if COMMON {
+            E::store_plain_nans(simd, &mut self.out, k, y);
+        } else {
+            E::store(simd, &mut self.out, k, y);
         }
     }
 

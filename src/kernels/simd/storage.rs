@@ -79,6 +79,21 @@ pub(crate) trait Storage: Element + Pod {
         k: usize,
         vector: WideVector<Self, S>,
     );
+    /// [`Storage::store`] for a vector whose NaN lanes, if any, are quiet and have their lower
+    /// 16 bits clear: true of every NaN that x86 arithmetic makes from operands that are not
+    /// NaN (the default NaN, `0xFFC0_0000`) or carries from a half value widened, but not of
+    /// one carried from an f32 NaN operand with other payload bits. For bf16 on AVX2 this
+    /// rounds without testing for NaN (three instructions fewer per vector); the same bits
+    /// for such vectors. Every other type stores as [`Storage::store`] does.
+    #[inline(always)]
+    fn store_plain_nans<S: Simd>(
+        simd: S,
+        vectors: &mut Self::VectorsMut<'_, S>,
+        k: usize,
+        vector: WideVector<Self, S>,
+    ) {
+        Self::store(simd, vectors, k, vector);
+    }
     /// Loads `values` (shorter than a vector) into the first lanes, zeros elsewhere.
     fn load_partial<S: Simd>(simd: S, values: &[Self]) -> WideVector<Self, S>;
     /// Stores the first `values.len()` lanes, rounded to the storage type.
