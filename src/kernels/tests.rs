@@ -579,6 +579,64 @@ fn the_instruction_set_cap_is_read_from_its_name() {
     }
 }
 
+/// Every element type's forward and backward on every instruction set, on a thread with a
+/// 1 MiB stack (half the default of rayon's workers and test threads): debug builds, whose
+/// frames are large (see `kernels::simd` on stack use), must fit in it too.
+#[test]
+fn kernels_fit_a_small_thread_stack() {
+    fn run<T: SimdFloat + Storage>() {
+        let dim = 1000;
+        let mut rng = StdRng::seed_from_u64(5);
+        let data = data::<T>(&mut rng, 4 * dim, dim, 0.0);
+        for &(_, arch) in &instruction_sets() {
+            for stores in store_choices() {
+                let layer = Layer {
+                    dim,
+                    gain: Some(&data.gain),
+                    bias: Some(&data.bias),
+                    centered: true,
+                    eps: 1e-5,
+                    stores,
+                };
+                let mut y = vec![T::zero(); data.x.len()];
+                let (mut means, mut inv_stds) = (vec![0.0f64; 4], vec![0.0f64; 4]);
+                let stats = RowStatsOut {
+                    mean: &mut means,
+                    inv_std: &mut inv_stds,
+                };
+                forward(Some(arch), layer, Some(&data.x), &mut y, Some(stats));
+                let rows = BackwardRows {
+                    layer,
+                    x: &data.x,
+                    dy: &data.dy,
+                    means: &means,
+                    inv_stds: &inv_stds,
+                };
+                let (mut gain_sums, mut bias_sums) = (vec![0.0; dim], vec![0.0; dim]);
+                let mut dx = vec![T::zero(); data.x.len()];
+                backward(
+                    Some(arch),
+                    rows,
+                    &mut dx,
+                    None,
+                    both_sums(&mut gain_sums, &mut bias_sums),
+                );
+                assert!(dx.iter().chain(&y).all(|v| v.is_finite()));
+            }
+        }
+    }
+    let thread = std::thread::Builder::new().stack_size(1 << 20).spawn(|| {
+        run::<f32>();
+        run::<f64>();
+        #[cfg(feature = "half")]
+        {
+            half_rows::run_small_stack::<half::f16>();
+            half_rows::run_small_stack::<half::bf16>();
+        }
+    });
+    thread.expect("a thread").join().expect("no stack overflow");
+}
+
 /// Half rows: on every instruction set (and both store paths), y, the statistics, in-place y,
 /// dx and the parameter-gradient totals are the f32 kernels' results on the rows widened to
 /// f32, rounded once (y, dx to half; statistics to f32; totals unrounded f64), bit for bit, on
@@ -823,6 +881,33 @@ mod half_rows {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// `kernels_fit_a_small_thread_stack` for a half type: every kernel `results` runs.
+    pub(super) fn run_small_stack<H: HalfElement + Storage<Wide = f32>>() {
+        let dim = 1000;
+        let x: Vec<H> = (0..4 * dim)
+            .map(|i| H::narrow_one(((i * 37) % 101) as f32 / 16.0 - 3.0))
+            .collect();
+        let dy: Vec<H> = (0..4 * dim)
+            .map(|i| H::narrow_one((i % 7) as f32 - 3.0))
+            .collect();
+        let gain: Vec<f32> = (0..dim).map(|i| 1.0 + (i % 5) as f32 / 8.0).collect();
+        let bias: Vec<f32> = (0..dim).map(|i| (i % 3) as f32 / 4.0 - 0.25).collect();
+        for &(_, arch) in &instruction_sets() {
+            for stores in store_choices() {
+                let layer = Layer {
+                    dim,
+                    gain: Some(&gain[..]),
+                    bias: Some(&bias[..]),
+                    centered: true,
+                    eps: 1e-5,
+                    stores,
+                };
+                let results = results(Some(arch), &x, &dy, layer);
+                assert!(results[0].iter().all(|&bits| bits != u64::MAX));
             }
         }
     }

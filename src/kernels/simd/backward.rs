@@ -85,7 +85,10 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
 
 /// [`backward_all`] for one layout: `SHORT` rows fit one fold period (see
 /// [`SHORT_ROW_BYTES`]); `FUSE`: pass B of each row runs together with pass A of the next.
-#[inline(always)]
+// Not inlined in debug builds, where the dispatcher's one frame would otherwise hold every
+// body (about 2 MiB; see the module notes of `kernels::simd` on stack use).
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 fn backward_rows_as<E: Storage, S: Simd, V: BackwardBody, const SHORT: bool, const FUSE: bool>(
     simd: S,
     backward: Backward<'_, E>,

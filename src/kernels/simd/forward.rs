@@ -57,7 +57,10 @@ impl<T> Next<T> {
 }
 
 /// The forward pass over all rows of the job.
-#[inline(always)]
+// Not inlined in debug builds, where the dispatcher's one frame would otherwise hold every
+// body (about 2 MiB; see the module notes of `kernels::simd` on stack use).
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_, E>) {
     type T<E> = <E as Storage>::Wide;
     let (x, out, mut stats) = (job.x, job.out, job.stats);

@@ -21,6 +21,15 @@
 //! ε, fall into subnormals) or whose estimate m₀ is too far off is recomputed by the scalar
 //! specification, which works in f64 for f32 data; rows with NaN or ±Inf take that path too.
 //! Parameter gradients are summed over a few rows in the data type and folded into f64.
+//!
+//! Stack use in debug builds: the loops are `#[inline(always)]` so that they compile inside
+//! pulp's function for the instruction set, but without optimization every variable of every
+//! inlined body keeps a stack slot of its own. The bodies of one dispatch (eight combinations
+//! of gain and bias, each with several row layouts) once made a single frame of 1.7–2.9 MiB,
+//! more than a thread's default 2 MiB stack (rayon's workers, test threads) on AVX-512. So in
+//! debug builds `forward::forward_all` and `backward::backward_rows_as`, one body each, are not
+//! inlined (their frames are below 400 KiB). Release builds inline them as before; the
+//! results are the same either way. A kernel test runs every type on a 1 MiB stack.
 
 use super::ForwardRows;
 use crate::element::Element;
