@@ -812,16 +812,25 @@ mod half_rows {
         }
     }
 
-    /// NaNs in `y` keep their bits: one carried from a gain or bias NaN with payload in its
-    /// lower bits (which the bf16 loops' common copy would round into its upper ones, so such
-    /// a layer runs the general copy), and the one the arithmetic makes from an infinite gain
-    /// on `x̂ = 0` (which the common copy rounds exactly). Compared with the f32 kernels' `y` on
-    /// the same instruction set, rounded lane by lane; each NaN there has one source.
+    /// NaNs in `y` and `dx` keep their bits: one carried from a gain or bias NaN with payload
+    /// in its lower bits (which bf16's shorter rounding, `Storage::store_plain_nans`, would
+    /// round into its upper ones, so such a layer runs the general loops), and those the
+    /// arithmetic makes from an infinite gain (on `x̂ = 0` in the forward; in the backward's
+    /// sums). Compared with the f32 kernels' results on the same instruction set, rounded lane
+    /// by lane; each case has one source of NaN, so the f32 results' NaN bits are determined.
     fn check_nan_bits<H: HalfElement + Storage<Wide = f32>>() {
         let payload = f32::from_bits(0x7FC0_FFFF);
+        let bits =
+            |values: &[H]| -> Vec<u16> { values.iter().map(|&v| bytemuck::cast(v)).collect() };
+        let rounded = |values: &[f32]| -> Vec<u16> {
+            values
+                .iter()
+                .map(|&v| bytemuck::cast(H::narrow_one(v)))
+                .collect()
+        };
         for dim in [64, 1000] {
             // Pairs of lanes ±v (lanes 4 and 5 both 0): the mean is exactly 0, so x̂ is 0 in
-            // lane 5, where the gain is infinite.
+            // lane 5, where the gain may be infinite.
             let x_row: Vec<f32> = (0..dim)
                 .map(|i| match i {
                     4 | 5 => 0.0,
@@ -830,14 +839,22 @@ mod half_rows {
                 .collect();
             let rows = 4;
             let x_wide: Vec<f32> = x_row.iter().cycle().take(rows * dim).copied().collect();
+            let dy_wide: Vec<f32> = (0..rows * dim).map(|i| (1 + i % 3) as f32 / 4.0).collect();
             let x: Vec<H> = x_wide.iter().map(|&v| H::narrow_one(v)).collect();
+            let dy: Vec<H> = dy_wide.iter().map(|&v| H::narrow_one(v)).collect();
             assert!(x.iter().zip(&x_wide).all(|(h, &w)| h.widen_one() == w));
-            let mut gain = vec![1.25f32; dim];
-            gain[5] = f32::INFINITY;
-            let bias = vec![0.5f32; dim];
-            for (gain_nan, bias_nan) in [(false, false), (true, false), (false, true)] {
-                let mut gain = gain.clone();
-                let mut bias = bias.clone();
+            assert!(dy.iter().zip(&dy_wide).all(|(h, &w)| h.widen_one() == w));
+            // (infinite gain in lane 5, gain NaN in lane 3, bias NaN in lane 7)
+            for (infinite, gain_nan, bias_nan) in [
+                (true, false, false),
+                (false, true, false),
+                (true, false, true),
+            ] {
+                let mut gain = vec![1.25f32; dim];
+                let mut bias = vec![0.5f32; dim];
+                if infinite {
+                    gain[5] = f32::INFINITY;
+                }
                 if gain_nan {
                     gain[3] = payload;
                 }
@@ -846,6 +863,8 @@ mod half_rows {
                 }
                 for &(name, arch) in &instruction_sets() {
                     for stores in store_choices() {
+                        let case =
+                            format!("{name} {stores:?} dim {dim} {infinite} {gain_nan} {bias_nan}");
                         let layer = Layer {
                             dim,
                             gain: Some(&gain[..]),
@@ -855,11 +874,15 @@ mod half_rows {
                             stores,
                         };
                         let mut y = vec![H::narrow_one(0.0); x.len()];
+                        let (mut means, mut inv_stds) = (vec![0.0f32; rows], vec![0.0f32; rows]);
                         arch.dispatch(ForwardRows {
                             layer,
                             x: Some(&x),
                             out: &mut y,
-                            stats: None,
+                            stats: Some(RowStatsOut {
+                                mean: &mut means,
+                                inv_std: &mut inv_stds,
+                            }),
                         });
                         let mut y_wide = vec![0.0f32; x.len()];
                         arch.dispatch(ForwardRows {
@@ -868,16 +891,54 @@ mod half_rows {
                             out: &mut y_wide,
                             stats: None,
                         });
-                        let expected: Vec<u16> = y_wide
-                            .iter()
-                            .map(|&v| bytemuck::cast(H::narrow_one(v)))
-                            .collect();
-                        let got: Vec<u16> = y.iter().map(|&v| bytemuck::cast(v)).collect();
-                        let case = format!("{name} {stores:?} dim {dim} {gain_nan} {bias_nan}");
-                        assert_eq!(got, expected, "{case}");
-                        assert!(y_wide[5].is_nan() && y_wide[6].is_finite(), "{case}");
+                        assert_eq!(bits(&y), rounded(&y_wide), "forward {case}");
+                        assert_eq!(y_wide[5].is_nan(), infinite, "{case}");
                         if gain_nan {
-                            assert_eq!(got[3], bytemuck::cast(H::narrow_one(payload)), "{case}");
+                            assert_eq!(bits(&y[3..4]), bits(&[H::narrow_one(payload)]), "{case}");
+                        }
+                        let mut dx = vec![H::narrow_one(0.0); x.len()];
+                        arch.dispatch(Backward {
+                            rows: BackwardRows {
+                                layer,
+                                x: &x,
+                                dy: &dy,
+                                means: &means,
+                                inv_stds: &inv_stds,
+                            },
+                            dx: &mut dx,
+                            dsum: None,
+                            totals: GradSums {
+                                gain: None,
+                                bias: None,
+                            },
+                            group_rows: usize::MAX,
+                            scratch: &mut Vec::new(),
+                        });
+                        let wide_stats = |values: &[f32]| -> Vec<f64> {
+                            values.iter().map(|&v| f64::from(v)).collect()
+                        };
+                        let mut dx_wide = vec![0.0f32; x.len()];
+                        arch.dispatch(Backward {
+                            rows: BackwardRows {
+                                layer: H::wide_layer(layer),
+                                x: &x_wide,
+                                dy: &dy_wide,
+                                means: &wide_stats(&means),
+                                inv_stds: &wide_stats(&inv_stds),
+                            },
+                            dx: &mut dx_wide,
+                            dsum: None,
+                            totals: GradSums {
+                                gain: None,
+                                bias: None,
+                            },
+                            group_rows: usize::MAX,
+                            scratch: &mut Vec::new(),
+                        });
+                        assert_eq!(bits(&dx), rounded(&dx_wide), "backward {case}");
+                        assert_eq!(dx_wide[0].is_nan(), infinite || gain_nan, "{case}");
+                        if gain_nan {
+                            assert_eq!(bits(&dx[..1]), bits(&[H::narrow_one(payload)]), "{case}");
                         }
                     }
                 }

@@ -75,21 +75,45 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
     let row_bytes = backward.rows.layer.dim * size_of::<E::Wide>();
     let short = row_bytes <= SHORT_ROW_BYTES;
     let fuse = row_bytes > SEPARATE_PASSES_ROW_BYTES;
+    // `dx` rounded by `Storage::store_plain_nans` (bf16: without a test for NaN), exact when the
+    // gain holds no NaN: the rows this path computes have finite statistics, and `x` and `dy`
+    // are half values (whose NaNs, widened, have clear lower bits), so every NaN in `dx` is
+    // then made by the arithmetic or carried from `x` or `dy`. Checked once per job.
+    let gain = E::wide_layer(backward.rows.layer).gain;
+    let plain = E::PLAIN_NAN_STORES
+        && gain.is_none_or(|gain| !gain.iter().any(|g| num_traits::Float::is_nan(*g)));
     // One loop per layout, so that no row tests it (short rows are never fused).
-    match (short, fuse) {
-        (true, _) => backward_rows_as::<E, S, V, true, false>(simd, backward),
-        (false, false) => backward_rows_as::<E, S, V, false, false>(simd, backward),
-        (false, true) => backward_rows_as::<E, S, V, false, true>(simd, backward),
+    macro_rules! rows_as {
+        ($plain:literal) => {
+            match (short, fuse) {
+                (true, _) => backward_rows_as::<E, S, V, true, false, $plain>(simd, backward),
+                (false, false) => backward_rows_as::<E, S, V, false, false, $plain>(simd, backward),
+                (false, true) => backward_rows_as::<E, S, V, false, true, $plain>(simd, backward),
+            }
+        };
+    }
+    if plain {
+        rows_as!(true)
+    } else {
+        rows_as!(false)
     }
 }
 
 /// [`backward_all`] for one layout: `SHORT` rows fit one fold period (see
-/// [`SHORT_ROW_BYTES`]); `FUSE`: pass B of each row runs together with pass A of the next.
+/// [`SHORT_ROW_BYTES`]); `FUSE`: pass B of each row runs together with pass A of the next;
+/// `PLAIN`: `dx` is stored by `Storage::store_plain_nans`.
 // Not inlined in debug builds, where the dispatcher's one frame would otherwise hold every
 // body (about 2 MiB; see the module notes of `kernels::simd` on stack use).
 #[cfg_attr(not(debug_assertions), inline(always))]
 #[cfg_attr(debug_assertions, inline(never))]
-fn backward_rows_as<E: Storage, S: Simd, V: BackwardBody, const SHORT: bool, const FUSE: bool>(
+fn backward_rows_as<
+    E: Storage,
+    S: Simd,
+    V: BackwardBody,
+    const SHORT: bool,
+    const FUSE: bool,
+    const PLAIN: bool,
+>(
     simd: S,
     backward: Backward<'_, E>,
 ) {
@@ -149,7 +173,7 @@ fn backward_rows_as<E: Storage, S: Simd, V: BackwardBody, const SHORT: bool, con
                     Some(sums) => sums,
                     None => grad_sums::<E, S, V>(simd, SHORT, current, (gain_head, gain_tail)),
                 };
-                pending = backward_row::<E, S, V>(
+                pending = backward_row::<E, S, V, PLAIN>(
                     simd,
                     current,
                     sums,
@@ -398,7 +422,7 @@ struct PassB<'a, E: Storage, S: Simd> {
 
 /// Pass B for vector `k`: `dx[k]`, and `dy·x̂`, `dy` added into the sums that are wanted.
 #[inline(always)]
-fn grad_at<E: Storage, S: Simd, V: BackwardBody>(
+fn grad_at<E: Storage, S: Simd, V: BackwardBody, const PLAIN: bool>(
     simd: S,
     k: usize,
     x: WideVector<E, S>,
@@ -414,7 +438,11 @@ fn grad_at<E: Storage, S: Simd, V: BackwardBody>(
         dy
     };
     let dx = input_grad.dx::<T<E>, S>(simd, g, x_hat);
-    E::store(simd, &mut out.dx, k, dx);
+    if PLAIN {
+        E::store_plain_nans(simd, &mut out.dx, k, dx);
+    } else {
+        E::store(simd, &mut out.dx, k, dx);
+    }
     if V::GAIN_GRAD {
         out.gain_sums[k] = T::<E>::mul_add_vectors(simd, dy, x_hat, out.gain_sums[k]);
     }
@@ -426,7 +454,7 @@ fn grad_at<E: Storage, S: Simd, V: BackwardBody>(
 /// Pass B of a row, fused with pass A of the next one when there is a next fast row (so that
 /// reading it overlaps writing this one); returns the next row's [`RowSums`].
 #[inline(always)]
-fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
+fn backward_row<E: Storage, S: Simd, V: BackwardBody, const PLAIN: bool>(
     simd: S,
     row: GradRow<'_, E, S>,
     sums: RowSums,
@@ -471,7 +499,7 @@ fn backward_row<E: Storage, S: Simd, V: BackwardBody>(
     macro_rules! pass_b {
         ($k:expr) => {{
             let (x, dy) = (E::load(simd, &row_x, $k), E::load(simd, &row_dy, $k));
-            grad_at::<E, S, V>(simd, $k, x, dy, &input_grad, &mut out)
+            grad_at::<E, S, V, PLAIN>(simd, $k, x, dy, &input_grad, &mut out)
         }};
     }
     let next_sums = match next {

@@ -35,6 +35,9 @@ pub(crate) trait Storage: Element + Pod {
     /// the f32 forward slower (512×1024: 4.8 % more instructions, 0.90× on the 2-core AMD EPYC
     /// VM); for f16 it did not (1.7× as fast with the copy).
     const CACHED_LOOP_COPY: bool;
+    /// Whether [`Storage::store_plain_nans`] is shorter than [`Storage::store`] (bf16 on AVX2):
+    /// the backward then compiles its row loops a second time to use it.
+    const PLAIN_NAN_STORES: bool;
     /// Whether this CPU has what the type's AVX2 kernels need beyond AVX2 and FMA (f16: F16C;
     /// every AVX2 CPU known has it). Where it does not, the type's kernels run without SIMD.
     fn runs_on_avx2() -> bool;
@@ -134,6 +137,7 @@ macro_rules! plain_storage {
             type VectorsMut<'a, S: Simd> = OutVectors<'a, <$float as SimdFloat>::Vector<S>>;
             const AT_MOST_AVX2: bool = false;
             const CACHED_LOOP_COPY: bool = false;
+            const PLAIN_NAN_STORES: bool = false;
 
             fn runs_on_avx2() -> bool {
                 true
