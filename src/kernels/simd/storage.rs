@@ -29,8 +29,10 @@ pub(crate) trait Storage: Element + Pod {
     /// Whether the kernels run at most 256-bit vectors for this type (AVX2 on an AVX-512
     /// machine): the half conversions are written for AVX2. The result is the same bits.
     const AT_MOST_AVX2: bool;
-    /// Whether the forward compiles its row loops twice, once for ordinary stores only (which
-    /// then test no store choice per vector) and once with the job's stores. For f32 and f64
+    /// Whether the forward compiles its row loops twice: a common copy for ordinary stores
+    /// only (which then tests no store choice per vector, and rounds by
+    /// [`Storage::store_plain_nans`] where the layer's parameters hold no NaN; see the
+    /// forward's `common_loop`) and a copy for any layer, with the job's stores. For f32 and f64
     /// the compiler lifts that test out of the single loop by itself, and a second copy made
     /// the f32 forward slower (512×1024: 4.8 % more instructions, 0.90× on the 2-core AMD EPYC
     /// VM); for f16 it did not (1.7× as fast with the copy).
