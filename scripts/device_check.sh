@@ -10,6 +10,8 @@
 #   mkdir -p devrun/bin && cp target/release/examples/{bench_json,same_bits} devrun/bin/
 #   cp <lib test binary> devrun/bin/lib_tests
 #   cp <threads test binary> devrun/bin/threads_tests
+#   cargo test --features half --lib --no-run   # the debug lib tests: stack frames on AVX-512
+#   cp <that debug lib test binary> devrun/bin/lib_tests_debug
 #   cp scripts/compare_pytorch.py scripts/device_check.sh devrun/ && strip devrun/bin/*
 #
 # then run `bash devrun/device_check.sh` with carry ["devrun"] and a timeout of about 540 s:
@@ -39,6 +41,12 @@ timeout "$(cap 90)" "$B/lib_tests" > "$O/lib_tests.txt" 2>&1; echo "rc=$?" >> "$
 timeout "$(cap 90)" "$B/threads_tests" > "$O/threads_tests.txt" 2>&1; echo "rc=$?" >> "$O/threads_tests.txt"
 LAYERNORM_SCHEDULE=static timeout "$(cap 60)" "$B/threads_tests" > "$O/threads_static.txt" 2>&1
 echo "rc=$?" >> "$O/threads_static.txt"
+# Unoptimized kernels on AVX-512, whose debug frames once exceeded a thread's 2 MiB stack
+# (BENCHMARKS "Stack frames in debug builds"); the test binary's small-stack test and the rest.
+if [ -x "$B/lib_tests_debug" ]; then
+  timeout "$(cap 120)" "$B/lib_tests_debug" > "$O/lib_tests_debug.txt" 2>&1
+  echo "rc=$?" >> "$O/lib_tests_debug.txt"
+fi
 t sweep
 timeout "$(cap 170)" "$B/bench_json" --threads 1,2,4,8,16 \
   --shapes 512x1024,4096x1024,8192x4096,65536x64,32768x4096 \
