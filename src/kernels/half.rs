@@ -19,7 +19,9 @@
 #[cfg(target_arch = "x86_64")]
 use super::f16c::{F16cPieces, F16cPiecesMut, HasF16c};
 use super::simd::{Backward, Storage};
-use super::stream::{OutVectors, Stores};
+#[cfg(target_arch = "x86_64")]
+use super::stream::OutVectors;
+use super::stream::Stores;
 use super::{
     scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
 };
@@ -338,11 +340,9 @@ fn lanes<S: Simd>() -> usize {
 
 /// Whether the kernels run on AVX2 (`S` is pulp's `V3`): eight-value pieces.
 #[inline(always)]
+#[cfg(target_arch = "x86_64")]
 fn in_eights<S: Simd>() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::any::TypeId::of::<S>() == std::any::TypeId::of::<V3>();
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
+    std::any::TypeId::of::<S>() == std::any::TypeId::of::<V3>()
 }
 
 /// `values` (at most a vector) widened into the first lanes, zeros elsewhere: lane by lane.
@@ -385,6 +385,7 @@ fn load_vector<H: HalfElement, S: Simd>(
 /// conversions, which [`Storage::runs_on_avx2`] keeps the dispatcher from choosing AVX2 for.
 #[cold]
 #[inline(never)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn past_the_pieces(k: usize) -> ! {
     panic!("vector {k} is not one of the row's eight-value pieces")
 }
@@ -418,6 +419,8 @@ fn store_vector<H: HalfElement, S: Simd, const PLAIN: bool>(
         }
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
     let lanes = lanes::<S>();
     narrow_partial::<H, S>(&mut vectors.values[k * lanes..][..lanes], vector);
 }
@@ -553,7 +556,8 @@ macro_rules! half_storage {
                 }
                 HalfVectors {
                     values: &vectors.values[..len * lanes::<S>()],
-                    ..vectors
+                    #[cfg(target_arch = "x86_64")]
+                    pieces: vectors.pieces,
                 }
             }
             #[inline(always)]
@@ -755,9 +759,10 @@ pub(crate) fn backward_rows<H: HalfElement + Storage<Wide = f32>>(
 #[cfg(test)]
 mod tests {
     use super::{bf16_to_f32, f32_to_bf16};
-    use half::{bf16, f16};
+    use half::bf16;
     #[cfg(target_arch = "x86_64")]
     use {
+        half::f16,
         pulp::x86::V3,
         std::arch::x86_64::{__m128i, __m256},
     };

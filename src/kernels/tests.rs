@@ -22,6 +22,7 @@ const ROWS: usize = 3;
 
 /// Every instruction set the kernels can be dispatched to here, the scalar one included.
 fn instruction_sets() -> Vec<(&'static str, pulp::Arch)> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut sets = vec![("best", pulp::Arch::new()), ("scalar", pulp::Arch::Scalar)];
     #[cfg(target_arch = "x86_64")]
     {

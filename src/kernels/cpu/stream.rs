@@ -28,7 +28,9 @@ use std::sync::OnceLock;
 pub(crate) enum Stores {
     /// Ordinary stores: the output stays in cache for whoever reads it next.
     Cached,
-    /// Streaming stores for every 16-byte-aligned full vector, then a store fence.
+    /// Streaming stores for every 16-byte-aligned full vector, then a store fence (x86-64
+    /// only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Streaming(HasAvx),
 }
 
@@ -145,6 +147,9 @@ fn forced() -> Option<Stores> {
 /// loops for ordinary stores only, which tests nothing (`Storage::CACHED_LOOP_COPY`).
 /// The backward loops always store ordinarily (into `dx`, or into a row in cache that is then
 /// streamed out by [`copy_row`]), so they test nothing.
+// Elsewhere than x86-64 only the half loops' lane-by-lane path is compiled, which reads
+// neither field nor makes an empty one.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct OutVectors<'a, V, const ROW_CHECKED: bool = false> {
     vectors: &'a mut [V],
     /// The job's stores (the same for every row).
@@ -170,6 +175,7 @@ impl<'a, V: bytemuck::Pod, const ROW_CHECKED: bool> OutVectors<'a, V, ROW_CHECKE
 
     /// No vectors (the half rows' placeholder where a row has none).
     #[cfg(feature = "half")]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     pub(crate) fn empty() -> Self {
         OutVectors {

@@ -28,6 +28,8 @@ pub(crate) trait Storage: Element + Pod {
         Self: 'a;
     /// Whether the kernels run at most 256-bit vectors for this type (AVX2 on an AVX-512
     /// machine): the half conversions are written for AVX2. The result is the same bits.
+    /// (Read by the x86-64 dispatcher only.)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     const AT_MOST_AVX2: bool;
     /// Whether the forward compiles its row loops twice: a common copy for ordinary stores
     /// only (which then tests no store choice per vector, and rounds by
@@ -42,6 +44,7 @@ pub(crate) trait Storage: Element + Pod {
     const PLAIN_NAN_STORES: bool;
     /// Whether this CPU has what the type's AVX2 kernels need beyond AVX2 and FMA (f16: F16C;
     /// every AVX2 CPU known has it). Where it does not, the type's kernels run without SIMD.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn runs_on_avx2() -> bool;
 
     /// The layer in the compute type: ε widened to f64 (exact).
