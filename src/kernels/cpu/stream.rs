@@ -147,8 +147,8 @@ fn forced() -> Option<Stores> {
 /// loops for ordinary stores only, which tests nothing (`Storage::CACHED_LOOP_COPY`).
 /// The backward loops always store ordinarily (into `dx`, or into a row in cache that is then
 /// streamed out by [`copy_row`]), so they test nothing.
-// Elsewhere than x86-64 only the half loops' lane-by-lane path is compiled, which reads
-// neither field nor makes an empty one.
+// Elsewhere than x86-64 there are no streaming stores: the code that reads these two fields
+// (and the half pieces that make an empty one) is x86-64 only.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct OutVectors<'a, V, const ROW_CHECKED: bool = false> {
     vectors: &'a mut [V],
