@@ -819,6 +819,21 @@ mod half_rows {
     /// arithmetic makes from an infinite gain (on `x̂ = 0` in the forward; in the backward's
     /// sums). Compared with the f32 kernels' results on the same instruction set, rounded lane
     /// by lane; each case has one source of NaN, so the f32 results' NaN bits are determined.
+    /// `dx` alone (no parameter gradients) on `arch`.
+    fn dx_on<E: Storage>(arch: pulp::Arch, rows: BackwardRows<'_, E>, dx: &mut [E]) {
+        arch.dispatch(Backward {
+            rows,
+            dx,
+            dsum: None,
+            totals: GradSums {
+                gain: None,
+                bias: None,
+            },
+            group_rows: usize::MAX,
+            scratch: &mut Vec::new(),
+        });
+    }
+
     fn check_nan_bits<H: HalfElement + Storage<Wide = f32>>() {
         let payload = f32::from_bits(0x7FC0_FFFF);
         let bits =
@@ -898,44 +913,28 @@ mod half_rows {
                             assert_eq!(bits(&y[3..4]), bits(&[H::narrow_one(payload)]), "{case}");
                         }
                         let mut dx = vec![H::narrow_one(0.0); x.len()];
-                        arch.dispatch(Backward {
-                            rows: BackwardRows {
-                                layer,
-                                x: &x,
-                                dy: &dy,
-                                means: &means,
-                                inv_stds: &inv_stds,
-                            },
-                            dx: &mut dx,
-                            dsum: None,
-                            totals: GradSums {
-                                gain: None,
-                                bias: None,
-                            },
-                            group_rows: usize::MAX,
-                            scratch: &mut Vec::new(),
-                        });
+                        let rows_in = BackwardRows {
+                            layer,
+                            x: &x,
+                            dy: &dy,
+                            means: &means,
+                            inv_stds: &inv_stds,
+                        };
+                        dx_on(arch, rows_in, &mut dx);
                         let wide_stats = |values: &[f32]| -> Vec<f64> {
                             values.iter().map(|&v| f64::from(v)).collect()
                         };
+                        let (wide_means, wide_inv_stds) =
+                            (wide_stats(&means), wide_stats(&inv_stds));
                         let mut dx_wide = vec![0.0f32; x.len()];
-                        arch.dispatch(Backward {
-                            rows: BackwardRows {
-                                layer: H::wide_layer(layer),
-                                x: &x_wide,
-                                dy: &dy_wide,
-                                means: &wide_stats(&means),
-                                inv_stds: &wide_stats(&inv_stds),
-                            },
-                            dx: &mut dx_wide,
-                            dsum: None,
-                            totals: GradSums {
-                                gain: None,
-                                bias: None,
-                            },
-                            group_rows: usize::MAX,
-                            scratch: &mut Vec::new(),
-                        });
+                        let rows_wide = BackwardRows {
+                            layer: H::wide_layer(layer),
+                            x: &x_wide,
+                            dy: &dy_wide,
+                            means: &wide_means,
+                            inv_stds: &wide_inv_stds,
+                        };
+                        dx_on(arch, rows_wide, &mut dx_wide);
                         assert_eq!(bits(&dx), rounded(&dx_wide), "backward {case}");
                         assert_eq!(dx_wide[0].is_nan(), infinite || gain_nan, "{case}");
                         if gain_nan {
