@@ -7,7 +7,9 @@
 //! const generics), so that no loop tests for any of them.
 
 use super::storage::WideVector;
-use super::{Normalizer, RowLength, RowStats, SimdFloat, Storage, FOLD_ROWS, SHORT_ROW_BYTES};
+use super::{
+    holds_no_nan, Normalizer, RowLength, RowStats, SimdFloat, Storage, FOLD_ROWS, SHORT_ROW_BYTES,
+};
 use crate::element::Element;
 use crate::kernels::stream::{copy_row, Stores};
 use crate::kernels::{add_into, BackwardRows, GradSums};
@@ -79,9 +81,7 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
     // gain holds no NaN: the rows this path computes have finite statistics, and `x` and `dy`
     // are half values (whose NaNs, widened, have clear lower bits), so every NaN in `dx` is
     // then made by the arithmetic or carried from `x` or `dy`. Checked once per job.
-    let gain = E::wide_layer(backward.rows.layer).gain;
-    let plain = E::PLAIN_NAN_STORES
-        && gain.is_none_or(|gain| !gain.iter().any(|g| num_traits::Float::is_nan(*g)));
+    let plain = E::PLAIN_NAN_STORES && holds_no_nan(E::wide_layer(backward.rows.layer).gain);
     // One loop per layout, so that no row tests it (short rows are never fused).
     macro_rules! rows_as {
         ($plain:literal) => {

@@ -6,8 +6,8 @@
 
 use super::storage::WideVector;
 use super::{
-    deviation_sums, finish_stats, first_shift, row_stats_from, row_stats_within, Normalizer,
-    RowLength, RowStats, SimdFloat, StatsStep, Storage, SHORT_ROW_BYTES,
+    deviation_sums, finish_stats, first_shift, holds_no_nan, row_stats_from, row_stats_within,
+    Normalizer, RowLength, RowStats, SimdFloat, StatsStep, Storage, SHORT_ROW_BYTES,
 };
 use crate::kernels::stream::Stores;
 use crate::kernels::{ForwardRows, Layer, RowStatsOut};
@@ -249,11 +249,10 @@ fn write_row<E: Storage, S: Simd, V: ForwardBody>(
 /// per job (the parameters are one row's length).
 #[inline(always)]
 fn common_loop<E: Storage>(layer: Layer<'_, E::Wide>) -> bool {
-    let no_nan = |values: Option<&[E::Wide]>| values.is_none_or(|v| !v.iter().any(|v| v.is_nan()));
     E::CACHED_LOOP_COPY
         && layer.stores == Stores::Cached
-        && no_nan(layer.gain)
-        && no_nan(layer.bias)
+        && holds_no_nan(layer.gain)
+        && holds_no_nan(layer.bias)
 }
 
 /// Pass 3 of one row: `out = gain · x̂ + bias` (`COMMON`: the common copy, see

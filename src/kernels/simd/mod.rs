@@ -680,6 +680,12 @@ mod backward;
 mod forward;
 mod storage;
 
+/// Whether a parameter (absent, or one row of values) holds no NaN: the test, once per job, for
+/// rounding half outputs by `Storage::store_plain_nans`.
+fn holds_no_nan<T: Float>(values: Option<&[T]>) -> bool {
+    values.is_none_or(|values| !values.iter().any(|value| value.is_nan()))
+}
+
 pub(crate) use backward::Backward;
 pub(crate) use storage::Storage;
 
