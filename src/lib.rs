@@ -151,8 +151,8 @@
 //! Jimmy Lei Ba, Jamie Ryan Kiros, Geoffrey E. Hinton. *Layer Normalization.* arXiv:1607.06450,
 //! 2016.
 
-// `unsafe` is allowed in one module only, `kernels/cpu/`: the streaming stores and the F16C
-// conversions.
+// `unsafe` is allowed in one module only, `kernels/cpu/`: the streaming stores and the f16
+// conversion instructions (F16C on x86-64, NEON's on aarch64).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]

@@ -5,89 +5,126 @@
 //!
 //! Conversions: on x86-64 with AVX2 (`pulp::x86::V3`) eight values at a time, bf16 by integer
 //! operations (it is the upper half of an f32) and f16 by the CPU's F16C instructions
-//! (`kernels::f16c`); elsewhere, and for f16 on a CPU without F16C, one lane at a time. All
-//! give the bits of the `half` crate's `to_f32` / `from_f32` (round to nearest, ties to even;
-//! NaN made quiet), which the tests below check for every half value and for f32 values across
-//! their whole range. On AVX-512 machines these kernels run on AVX2 vectors
+//! (`kernels::f16c`); on aarch64 with NEON (`pulp::aarch64::Neon`) four at a time, bf16 by
+//! integer operations and f16 by NEON's own conversion instructions (`kernels::fcvt`);
+//! elsewhere, and for f16 on an x86-64 CPU without F16C, one lane at a time. All give the bits
+//! of the `half` crate's `to_f32` / `from_f32` (round to nearest, ties to even; NaN made
+//! quiet), which the tests below check for every half value and for f32 values across their
+//! whole range. On AVX-512 machines these kernels run on AVX2 vectors
 //! ([`Storage::AT_MOST_AVX2`]): the same bits, the conversions written once.
 //!
-//! On AVX2 a row's full vectors are eight-value pieces ([`HalfElement::Pieces`]) that carry
-//! what their conversion needs (for f16 the proof that the CPU has F16C), so the loops convert
-//! each vector without a check of their own. Where the CPU lacks it, the dispatcher runs the
-//! type's kernels without SIMD instead ([`Storage::runs_on_avx2`]).
+//! On those two instruction sets ([`isa`]) a row's full vectors are pieces of one vector's
+//! half values ([`HalfElement::Pieces`]) that carry what their conversion needs (for f16 on
+//! x86-64 the proof that the CPU has F16C), so the loops convert each vector without a check of
+//! their own. Where an x86-64 CPU lacks F16C, the dispatcher runs f16 kernels without SIMD
+//! instead ([`Storage::runs_on_avx2`]).
 
 #[cfg(target_arch = "x86_64")]
 use super::f16c::{F16cPieces, F16cPiecesMut, HasF16c};
 use super::simd::{Backward, Storage};
-#[cfg(target_arch = "x86_64")]
-use super::stream::OutVectors;
-use super::stream::Stores;
+use super::stream::{OutVectors, Stores};
 use super::{
     scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
 };
 use crate::element::Element;
-#[cfg(target_arch = "x86_64")]
-use pulp::x86::V3;
+use isa::{Piece, Token, Wide};
 use pulp::Simd;
 #[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::{__m128i, __m256, __m256i};
+use {
+    pulp::x86::V3,
+    std::arch::x86_64::{__m128i, __m256, __m256i},
+};
 
-/// A half-precision element: its conversions to and from f32, one value and eight at a time.
+/// The instruction set the half conversions are written for (pulp's token for it), its f32
+/// vector, and a piece: the bits of one such vector's half values. Rows are read as pieces on
+/// this instruction set only, lane by lane on any other.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod isa {
+    pub(crate) use pulp::x86::V3 as Token;
+    pub(crate) use std::arch::x86_64::__m256 as Wide;
+    pub(crate) type Piece = [u16; 8];
+}
+
+/// See the x86-64 `isa`: NEON's 128-bit vectors, four values.
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod isa {
+    pub(crate) use pulp::aarch64::Neon as Token;
+    pub(crate) use std::arch::aarch64::float32x4_t as Wide;
+    pub(crate) type Piece = [u16; 4];
+}
+
+/// See the x86-64 `isa`: no instruction set here, so no row is read as pieces (a token of this
+/// type cannot exist).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) mod isa {
+    #[derive(Clone, Copy)]
+    pub(crate) enum Token {}
+    pub(crate) type Wide = [f32; 4];
+    pub(crate) type Piece = [u16; 4];
+}
+
+/// A half-precision element: its conversions to and from f32, one value and a piece at a time.
 pub(crate) trait HalfElement: Element<Stat = f32, Compute = f32> + bytemuck::Pod {
     fn widen_one(self) -> f32;
     fn narrow_one(value: f32) -> Self;
-    /// What the AVX2 conversions need beyond the instruction set's token (for f16, the proof
-    /// that the CPU has F16C).
-    #[cfg(target_arch = "x86_64")]
+    /// What the piece conversions need beyond the instruction set's token (for f16 on x86-64,
+    /// the proof that the CPU has F16C).
     type Proof: Copy;
-    /// A row's values as eight-value pieces for the AVX2 conversions, read and written.
-    #[cfg(target_arch = "x86_64")]
+    /// A row's values as pieces for the conversions in registers, read and written.
     type Pieces<'a>: ReadPieces<'a, Self::Proof>;
-    #[cfg(target_arch = "x86_64")]
     type PiecesMut<'a>: WritePieces<'a, Self::Proof>;
-    /// The proof, where this CPU has what the AVX2 conversions need (checked once).
-    #[cfg(target_arch = "x86_64")]
+    /// The proof, where this CPU has what the piece conversions need (checked once).
     fn proof() -> Option<Self::Proof>;
 }
 
-/// A row's full vectors as eight-value pieces that convert on AVX2.
-#[cfg(target_arch = "x86_64")]
+/// A row's full vectors as pieces that convert on [`isa::Token`]'s instruction set.
 pub(crate) trait ReadPieces<'a, P>: Copy {
-    fn new(proof: P, pieces: &'a [[u16; 8]]) -> Self;
-    /// No pieces: not on AVX2 (the row goes lane by lane).
+    fn new(proof: P, pieces: &'a [Piece]) -> Self;
+    /// No pieces: not on that instruction set (the row goes lane by lane).
     fn empty() -> Self;
     fn len(&self) -> usize;
     /// The first `len` pieces.
     fn first(self, len: usize) -> Self;
     /// Piece `k` widened to f32; `None` past the end.
-    fn widen(&self, simd: V3, k: usize) -> Option<__m256>;
+    fn widen(&self, simd: Token, k: usize) -> Option<Wide>;
 }
 
 /// [`ReadPieces`], written (and read, in place).
-#[cfg(target_arch = "x86_64")]
 pub(crate) trait WritePieces<'a, P> {
-    fn new(proof: P, pieces: OutVectors<'a, [u16; 8], true>) -> Self;
+    fn new(proof: P, pieces: OutVectors<'a, Piece, true>) -> Self;
     fn empty() -> Self;
     fn len(&self) -> usize;
     fn first(self, len: usize) -> Self;
-    fn widen(&self, simd: V3, k: usize) -> Option<__m256>;
+    fn widen(&self, simd: Token, k: usize) -> Option<Wide>;
     /// `values` rounded to half into piece `k` (stored as the row's [`OutVectors`] say);
     /// `false` past the end.
-    fn narrow(&mut self, simd: V3, k: usize, values: __m256) -> bool;
+    fn narrow(&mut self, simd: Token, k: usize, values: Wide) -> bool;
     /// [`WritePieces::narrow`] for values whose NaNs are plain (see
     /// [`Storage::store_plain_nans`]).
     #[inline(always)]
-    fn narrow_plain(&mut self, simd: V3, k: usize, values: __m256) -> bool {
+    fn narrow_plain(&mut self, simd: Token, k: usize, values: Wide) -> bool {
         self.narrow(simd, k, values)
     }
 }
 
-/// A half row's full vectors: on AVX2 as eight-value pieces (indexed without slicing, each
-/// converted without a check), otherwise as the values (a whole number of vectors, converted
-/// lane by lane); the other is empty.
+/// Piece conversions that need nothing beyond the instruction set's token: bf16 everywhere,
+/// and f16 on aarch64 (NEON's conversion instructions are part of NEON).
+pub(crate) trait TokenConversions: Copy {
+    fn widen_piece(simd: Token, bits: Piece) -> Wide;
+    fn narrow_piece(simd: Token, values: Wide) -> Piece;
+    /// [`TokenConversions::narrow_piece`] for values whose NaNs are plain (see
+    /// [`Storage::store_plain_nans`]).
+    #[inline(always)]
+    fn narrow_piece_plain(simd: Token, values: Wide) -> Piece {
+        Self::narrow_piece(simd, values)
+    }
+}
+
+/// A half row's full vectors: on [`isa::Token`]'s instruction set as pieces (indexed without
+/// slicing, each converted without a check), otherwise as the values (a whole number of
+/// vectors, converted lane by lane); the other is empty.
 pub(crate) struct HalfVectors<'a, H: HalfElement> {
     values: &'a [H],
-    #[cfg(target_arch = "x86_64")]
     pieces: H::Pieces<'a>,
 }
 
@@ -101,27 +138,30 @@ impl<H: HalfElement> Copy for HalfVectors<'_, H> {}
 /// [`HalfVectors`], written.
 pub(crate) struct HalfVectorsMut<'a, H: HalfElement> {
     values: &'a mut [H],
-    #[cfg(target_arch = "x86_64")]
     pieces: H::PiecesMut<'a>,
 }
 
-/// bf16's pieces: the integer conversions need nothing beyond AVX2.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-pub(crate) struct Bf16Pieces<'a>(&'a [[u16; 8]]);
+/// Pieces whose conversions need only the token ([`TokenConversions`] of `H`).
+pub(crate) struct TokenPieces<'a, H>(&'a [Piece], std::marker::PhantomData<H>);
 
-#[cfg(target_arch = "x86_64")]
-pub(crate) struct Bf16PiecesMut<'a>(OutVectors<'a, [u16; 8], true>);
+impl<H> Clone for TokenPieces<'_, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<H> Copy for TokenPieces<'_, H> {}
 
-#[cfg(target_arch = "x86_64")]
-impl<'a> ReadPieces<'a, ()> for Bf16Pieces<'a> {
+/// [`TokenPieces`], written (and read, in place).
+pub(crate) struct TokenPiecesMut<'a, H>(OutVectors<'a, Piece, true>, std::marker::PhantomData<H>);
+
+impl<'a, H: TokenConversions> ReadPieces<'a, ()> for TokenPieces<'a, H> {
     #[inline(always)]
-    fn new((): (), pieces: &'a [[u16; 8]]) -> Self {
-        Bf16Pieces(pieces)
+    fn new((): (), pieces: &'a [Piece]) -> Self {
+        TokenPieces(pieces, std::marker::PhantomData)
     }
     #[inline(always)]
     fn empty() -> Self {
-        Bf16Pieces(&[])
+        Self::new((), &[])
     }
     #[inline(always)]
     fn len(&self) -> usize {
@@ -129,23 +169,22 @@ impl<'a> ReadPieces<'a, ()> for Bf16Pieces<'a> {
     }
     #[inline(always)]
     fn first(self, len: usize) -> Self {
-        Bf16Pieces(&self.0[..len])
+        Self::new((), &self.0[..len])
     }
     #[inline(always)]
-    fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
-        Some(bf16_widen_v3(simd, bytemuck::cast(*self.0.get(k)?)))
+    fn widen(&self, simd: Token, k: usize) -> Option<Wide> {
+        Some(H::widen_piece(simd, *self.0.get(k)?))
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-impl<'a> WritePieces<'a, ()> for Bf16PiecesMut<'a> {
+impl<'a, H: TokenConversions> WritePieces<'a, ()> for TokenPiecesMut<'a, H> {
     #[inline(always)]
-    fn new((): (), pieces: OutVectors<'a, [u16; 8], true>) -> Self {
-        Bf16PiecesMut(pieces)
+    fn new((): (), pieces: OutVectors<'a, Piece, true>) -> Self {
+        TokenPiecesMut(pieces, std::marker::PhantomData)
     }
     #[inline(always)]
     fn empty() -> Self {
-        Bf16PiecesMut(OutVectors::empty())
+        Self::new((), OutVectors::empty())
     }
     #[inline(always)]
     fn len(&self) -> usize {
@@ -153,32 +192,32 @@ impl<'a> WritePieces<'a, ()> for Bf16PiecesMut<'a> {
     }
     #[inline(always)]
     fn first(self, len: usize) -> Self {
-        Bf16PiecesMut(self.0.first(len))
+        Self::new((), self.0.first(len))
     }
     #[inline(always)]
-    fn widen(&self, simd: V3, k: usize) -> Option<__m256> {
-        Some(bf16_widen_v3(simd, bytemuck::cast(self.0.get(k)?)))
+    fn widen(&self, simd: Token, k: usize) -> Option<Wide> {
+        Some(H::widen_piece(simd, self.0.get(k)?))
     }
     #[inline(always)]
-    fn narrow(&mut self, simd: V3, k: usize, values: __m256) -> bool {
+    fn narrow(&mut self, simd: Token, k: usize, values: Wide) -> bool {
         if k >= self.0.len() {
             return false;
         }
-        self.0.put(k, bytemuck::cast(bf16_narrow_v3(simd, values)));
+        self.0.put(k, H::narrow_piece(simd, values));
         true
     }
     #[inline(always)]
-    fn narrow_plain(&mut self, simd: V3, k: usize, values: __m256) -> bool {
+    fn narrow_plain(&mut self, simd: Token, k: usize, values: Wide) -> bool {
         if k >= self.0.len() {
             return false;
         }
-        self.0
-            .put(k, bytemuck::cast(bf16_narrow_plain_v3(simd, values)));
+        self.0.put(k, H::narrow_piece_plain(simd, values));
         true
     }
 }
 
-// f16's pieces (`F16cPieces`, `F16cPiecesMut`) implement these traits in `kernels::f16c`.
+// f16's pieces on x86-64 (`F16cPieces`, `F16cPiecesMut`) implement these traits in
+// `kernels::f16c`.
 
 /// bf16: the upper half of an f32.
 impl HalfElement for half::bf16 {
@@ -192,19 +231,66 @@ impl HalfElement for half::bf16 {
         half::bf16::from_bits(f32_to_bf16(value))
     }
 
-    #[cfg(target_arch = "x86_64")]
     type Proof = ();
-    #[cfg(target_arch = "x86_64")]
-    type Pieces<'a> = Bf16Pieces<'a>;
-    #[cfg(target_arch = "x86_64")]
-    type PiecesMut<'a> = Bf16PiecesMut<'a>;
+    type Pieces<'a> = TokenPieces<'a, Self>;
+    type PiecesMut<'a> = TokenPiecesMut<'a, Self>;
 
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn proof() -> Option<()> {
         Some(())
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+impl TokenConversions for half::bf16 {
+    #[inline(always)]
+    fn widen_piece(simd: Token, bits: Piece) -> Wide {
+        bf16_widen_v3(simd, bytemuck::cast(bits))
+    }
+    #[inline(always)]
+    fn narrow_piece(simd: Token, values: Wide) -> Piece {
+        bytemuck::cast(bf16_narrow_v3(simd, values))
+    }
+    #[inline(always)]
+    fn narrow_piece_plain(simd: Token, values: Wide) -> Piece {
+        bytemuck::cast(bf16_narrow_plain_v3(simd, values))
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+impl TokenConversions for half::bf16 {
+    #[inline(always)]
+    fn widen_piece(simd: Token, bits: Piece) -> Wide {
+        neon::bf16_widen(simd, bits)
+    }
+    #[inline(always)]
+    fn narrow_piece(simd: Token, values: Wide) -> Piece {
+        neon::bf16_narrow(simd, values)
+    }
+    #[inline(always)]
+    fn narrow_piece_plain(simd: Token, values: Wide) -> Piece {
+        neon::bf16_narrow_plain(simd, values)
+    }
+}
+
+/// No token exists here (see `isa`): nothing to convert.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+macro_rules! no_token_conversions {
+    ($half:ty) => {
+        impl TokenConversions for $half {
+            fn widen_piece(simd: Token, _bits: Piece) -> Wide {
+                match simd {}
+            }
+            fn narrow_piece(simd: Token, _values: Wide) -> Piece {
+                match simd {}
+            }
+        }
+    };
+}
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+no_token_conversions!(half::bf16);
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+no_token_conversions!(half::f16);
 
 /// Eight bf16 (the bits in a 128-bit register) widened to f32, on AVX2: shifted into the
 /// upper half. A signaling NaN stays signaling here (`widen_one` makes it quiet): the kernels
@@ -277,8 +363,8 @@ fn upper_halves(simd: V3, lanes: __m256i) -> __m128i {
     avx._mm256_castsi256_si128(ordered)
 }
 
-/// f16: the CPU's conversion instructions (F16C) on AVX2 machines that have them (every one
-/// known), lane by lane otherwise.
+/// f16: the CPU's conversion instructions: F16C on x86-64 machines with AVX2 that have it
+/// (every one known), NEON's on aarch64; lane by lane otherwise.
 impl HalfElement for half::f16 {
     #[inline(always)]
     fn widen_one(self) -> f32 {
@@ -301,6 +387,84 @@ impl HalfElement for half::f16 {
     #[inline(always)]
     fn proof() -> Option<HasF16c> {
         HasF16c::get()
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    type Proof = ();
+    #[cfg(not(target_arch = "x86_64"))]
+    type Pieces<'a> = TokenPieces<'a, Self>;
+    #[cfg(not(target_arch = "x86_64"))]
+    type PiecesMut<'a> = TokenPiecesMut<'a, Self>;
+
+    #[cfg(not(target_arch = "x86_64"))]
+    #[inline(always)]
+    fn proof() -> Option<()> {
+        Some(())
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+impl TokenConversions for half::f16 {
+    #[inline(always)]
+    fn widen_piece(simd: Token, bits: Piece) -> Wide {
+        super::fcvt::widen4(simd, bytemuck::cast(bits))
+    }
+    #[inline(always)]
+    fn narrow_piece(simd: Token, values: Wide) -> Piece {
+        bytemuck::cast(super::fcvt::narrow4(simd, values))
+    }
+}
+
+/// bf16 on NEON: the integer conversions of the AVX2 ones, four values at a time.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::isa::{Piece, Token, Wide};
+    use std::arch::aarch64::uint32x4_t;
+
+    /// Four bf16 widened to f32: shifted into the upper half, a NaN made quiet (as
+    /// `bf16_to_f32` does). Unlike x86, aarch64 arithmetic gives a signaling NaN operand
+    /// precedence over a quiet one, so a NaN left signaling could change which NaN a result
+    /// carries.
+    #[inline(always)]
+    pub(super) fn bf16_widen(simd: Token, bits: Piece) -> Wide {
+        let neon = simd.neon;
+        let wide = neon.vshll_n_u16::<16>(bytemuck::cast(bits));
+        let values = neon.vreinterpretq_f32_u32(wide);
+        // All ones where the lane is not NaN (equal to itself).
+        let ordered = neon.vceqq_f32(values, values);
+        let quiet = neon.vbicq_u32(neon.vdupq_n_u32(0x0040_0000), ordered);
+        neon.vreinterpretq_f32_u32(neon.vorrq_u32(wide, quiet))
+    }
+
+    /// Four f32 rounded to bf16: to nearest, ties to even, on the integer bits (as
+    /// `bf16_narrow_v3`); a NaN keeps its upper bits, made quiet.
+    #[inline(always)]
+    pub(super) fn bf16_narrow(simd: Token, values: Wide) -> Piece {
+        let neon = simd.neon;
+        let bits = neon.vreinterpretq_u32_f32(values);
+        let rounded = neon.vaddq_u32(bits, rounding_bias(simd, bits));
+        let quiet = neon.vorrq_u32(bits, neon.vdupq_n_u32(0x0040_0000));
+        let ordered = neon.vceqq_f32(values, values);
+        let chosen = neon.vbslq_u32(ordered, rounded, quiet);
+        bytemuck::cast(neon.vshrn_n_u32::<16>(chosen))
+    }
+
+    /// [`bf16_narrow`] without its test for NaN (see `bf16_narrow_plain_v3`): the sum's upper
+    /// halves in one instruction.
+    #[inline(always)]
+    pub(super) fn bf16_narrow_plain(simd: Token, values: Wide) -> Piece {
+        let neon = simd.neon;
+        let bits = neon.vreinterpretq_u32_f32(values);
+        bytemuck::cast(neon.vaddhn_u32(bits, rounding_bias(simd, bits)))
+    }
+
+    /// What rounds each lane's bits at their 16th bit to nearest, ties to even, when added:
+    /// `0x7FFF` plus the last bit kept.
+    #[inline(always)]
+    fn rounding_bias(simd: Token, bits: uint32x4_t) -> uint32x4_t {
+        let neon = simd.neon;
+        let last_kept = neon.vandq_u32(neon.vshrq_n_u32::<16>(bits), neon.vdupq_n_u32(1));
+        neon.vaddq_u32(last_kept, neon.vdupq_n_u32(0x7FFF))
     }
 }
 
@@ -325,11 +489,13 @@ fn f32_to_bf16(value: f32) -> u16 {
     (if is_nan { upper | 0x0040 } else { rounded }) as u16
 }
 
-/// The AVX2 token when the kernels run on AVX2 (a type comparison the compiler resolves).
-#[cfg(target_arch = "x86_64")]
+/// The token of [`isa`] when the kernels run on its instruction set (a type comparison the
+/// compiler resolves).
 #[inline(always)]
-fn as_v3<S: Simd>(simd: S) -> Option<V3> {
-    (&simd as &dyn std::any::Any).downcast_ref::<V3>().copied()
+fn as_token<S: Simd>(simd: S) -> Option<Token> {
+    (&simd as &dyn std::any::Any)
+        .downcast_ref::<Token>()
+        .copied()
 }
 
 /// Lanes of an f32 vector on `S`.
@@ -338,11 +504,10 @@ fn lanes<S: Simd>() -> usize {
     size_of::<S::f32s>() / size_of::<f32>()
 }
 
-/// Whether the kernels run on AVX2 (`S` is pulp's `V3`): eight-value pieces.
+/// Whether the kernels run on [`isa`]'s instruction set (`S` is its token): rows as pieces.
 #[inline(always)]
-#[cfg(target_arch = "x86_64")]
-fn in_eights<S: Simd>() -> bool {
-    std::any::TypeId::of::<S>() == std::any::TypeId::of::<V3>()
+fn in_pieces<S: Simd>() -> bool {
+    std::any::TypeId::of::<S>() == std::any::TypeId::of::<Token>()
 }
 
 /// `values` (at most a vector) widened into the first lanes, zeros elsewhere: lane by lane.
@@ -365,29 +530,27 @@ fn narrow_partial<H: HalfElement, S: Simd>(values: &mut [H], vector: S::f32s) {
     }
 }
 
-/// Vector `k` of a row's full vectors, widened: from its eight-value piece on AVX2, lane by
-/// lane from the values elsewhere (and where the CPU lacks the AVX2 conversions).
+/// Vector `k` of a row's full vectors, widened: from its piece on [`isa`]'s instruction set,
+/// lane by lane from the values elsewhere (and where the CPU lacks the piece conversions).
 #[inline(always)]
 fn load_vector<H: HalfElement, S: Simd>(
     simd: S,
-    #[cfg(target_arch = "x86_64")] pieces: &H::Pieces<'_>,
+    pieces: &H::Pieces<'_>,
     values: &[H],
     k: usize,
 ) -> S::f32s {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(v3) = as_v3(simd) {
-        return bytemuck::cast(pieces.widen(v3, k).unwrap_or_else(|| past_the_pieces(k)));
+    if let Some(token) = as_token(simd) {
+        return bytemuck::cast(pieces.widen(token, k).unwrap_or_else(|| past_the_pieces(k)));
     }
     widen_lanes(simd, values, k)
 }
 
-/// Vector `k` is not a piece of the row: past its full vectors, or the CPU lacks the AVX2
+/// Vector `k` is not a piece of the row: past its full vectors, or the CPU lacks the piece
 /// conversions, which [`Storage::runs_on_avx2`] keeps the dispatcher from choosing AVX2 for.
 #[cold]
 #[inline(never)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn past_the_pieces(k: usize) -> ! {
-    panic!("vector {k} is not one of the row's eight-value pieces")
+    panic!("vector {k} is not one of the row's pieces")
 }
 
 /// Vector `k` of `values`, widened lane by lane.
@@ -397,8 +560,8 @@ fn widen_lanes<H: HalfElement, S: Simd>(simd: S, values: &[H], k: usize) -> S::f
     widen_partial(simd, &values[k * lanes..][..lanes])
 }
 
-/// Stores vector `k` of a row's full vectors, rounded: into its eight-value piece on AVX2
-/// (`PLAIN`: by [`WritePieces::narrow_plain`]), lane by lane elsewhere.
+/// Stores vector `k` of a row's full vectors, rounded: into its piece on [`isa`]'s
+/// instruction set (`PLAIN`: by [`WritePieces::narrow_plain`]), lane by lane elsewhere.
 #[inline(always)]
 fn store_vector<H: HalfElement, S: Simd, const PLAIN: bool>(
     simd: S,
@@ -406,31 +569,27 @@ fn store_vector<H: HalfElement, S: Simd, const PLAIN: bool>(
     k: usize,
     vector: S::f32s,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(v3) = as_v3(simd) {
+    if let Some(token) = as_token(simd) {
         let values = bytemuck::cast(vector);
         let stored = if PLAIN {
-            vectors.pieces.narrow_plain(v3, k, values)
+            vectors.pieces.narrow_plain(token, k, values)
         } else {
-            vectors.pieces.narrow(v3, k, values)
+            vectors.pieces.narrow(token, k, values)
         };
         if !stored {
             past_the_pieces(k);
         }
         return;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = simd;
     let lanes = lanes::<S>();
     narrow_partial::<H, S>(&mut vectors.values[k * lanes..][..lanes], vector);
 }
 
-/// `values` as eight-value pieces on AVX2 where the CPU has the conversions (`None`
+/// `values` as pieces on [`isa`]'s instruction set where the CPU has the conversions (`None`
 /// otherwise: the row goes lane by lane).
 #[inline(always)]
-#[cfg(target_arch = "x86_64")]
 fn pieces_of<H: HalfElement, S: Simd>(values: &[H]) -> Option<H::Pieces<'_>> {
-    let proof = H::proof().filter(|_| in_eights::<S>())?;
+    let proof = H::proof().filter(|_| in_pieces::<S>())?;
     let pieces = bytemuck::cast_slice(bytemuck::cast_slice::<H, u16>(values));
     Some(H::Pieces::new(proof, pieces))
 }
@@ -448,10 +607,7 @@ macro_rules! half_storage {
 
             #[inline(always)]
             fn runs_on_avx2() -> bool {
-                #[cfg(target_arch = "x86_64")]
-                return Self::proof().is_some();
-                #[cfg(not(target_arch = "x86_64"))]
-                return true;
+                Self::proof().is_some()
             }
 
             fn wide_layer(layer: Layer<'_, Self>) -> Layer<'_, f32> {
@@ -479,7 +635,6 @@ macro_rules! half_storage {
             #[inline(always)]
             fn split<S: Simd>(values: &[Self]) -> (Self::Vectors<'_, S>, &[Self]) {
                 let (values, tail) = values.split_at(values.len() / lanes::<S>() * lanes::<S>());
-                #[cfg(target_arch = "x86_64")]
                 if let Some(pieces) = pieces_of::<Self, S>(values) {
                     return (
                         HalfVectors {
@@ -491,7 +646,6 @@ macro_rules! half_storage {
                 }
                 let vectors = HalfVectors {
                     values,
-                    #[cfg(target_arch = "x86_64")]
                     pieces: ReadPieces::empty(),
                 };
                 (vectors, tail)
@@ -503,8 +657,7 @@ macro_rules! half_storage {
             ) -> (Self::VectorsMut<'_, S>, &mut [Self]) {
                 let full = values.len() / lanes::<S>() * lanes::<S>();
                 let (values, tail) = values.split_at_mut(full);
-                #[cfg(target_arch = "x86_64")]
-                if let Some(proof) = Self::proof().filter(|_| in_eights::<S>()) {
+                if let Some(proof) = Self::proof().filter(|_| in_pieces::<S>()) {
                     let pieces =
                         bytemuck::cast_slice_mut(bytemuck::cast_slice_mut::<Self, u16>(values));
                     let pieces = WritePieces::new(proof, OutVectors::new(stores, pieces));
@@ -519,36 +672,26 @@ macro_rules! half_storage {
                 let _ = stores;
                 let vectors = HalfVectorsMut {
                     values,
-                    #[cfg(target_arch = "x86_64")]
                     pieces: WritePieces::empty(),
                 };
                 (vectors, tail)
             }
             #[inline(always)]
             fn count<S: Simd>(vectors: &Self::Vectors<'_, S>) -> usize {
-                #[cfg(target_arch = "x86_64")]
-                let pieces = vectors.pieces.len();
-                #[cfg(not(target_arch = "x86_64"))]
-                let pieces = 0;
-                pieces + vectors.values.len() / lanes::<S>()
+                vectors.pieces.len() + vectors.values.len() / lanes::<S>()
             }
             #[inline(always)]
             fn count_mut<S: Simd>(vectors: &Self::VectorsMut<'_, S>) -> usize {
-                #[cfg(target_arch = "x86_64")]
-                let pieces = vectors.pieces.len();
-                #[cfg(not(target_arch = "x86_64"))]
-                let pieces = 0;
-                pieces + vectors.values.len() / lanes::<S>()
+                vectors.pieces.len() + vectors.values.len() / lanes::<S>()
             }
             #[inline(always)]
             fn first<'a, S: Simd>(
                 vectors: Self::Vectors<'a, S>,
                 len: usize,
             ) -> Self::Vectors<'a, S> {
-                // On AVX2 the loops read the pieces only (the dispatcher runs no AVX2 kernel
-                // where the CPU lacks their conversions).
-                #[cfg(target_arch = "x86_64")]
-                if in_eights::<S>() {
+                // On `isa`'s instruction set the loops read the pieces only (the dispatcher
+                // runs no such kernel where the CPU lacks their conversions).
+                if in_pieces::<S>() {
                     return HalfVectors {
                         pieces: vectors.pieces.first(len),
                         ..vectors
@@ -556,7 +699,6 @@ macro_rules! half_storage {
                 }
                 HalfVectors {
                     values: &vectors.values[..len * lanes::<S>()],
-                    #[cfg(target_arch = "x86_64")]
                     pieces: vectors.pieces,
                 }
             }
@@ -565,8 +707,7 @@ macro_rules! half_storage {
                 vectors: Self::VectorsMut<'a, S>,
                 len: usize,
             ) -> Self::VectorsMut<'a, S> {
-                #[cfg(target_arch = "x86_64")]
-                if in_eights::<S>() {
+                if in_pieces::<S>() {
                     return HalfVectorsMut {
                         values: vectors.values,
                         pieces: vectors.pieces.first(len),
@@ -574,25 +715,17 @@ macro_rules! half_storage {
                 }
                 HalfVectorsMut {
                     values: &mut vectors.values[..len * lanes::<S>()],
-                    #[cfg(target_arch = "x86_64")]
                     pieces: vectors.pieces,
                 }
             }
             #[inline(always)]
             fn load<S: Simd>(simd: S, vectors: &Self::Vectors<'_, S>, k: usize) -> S::f32s {
-                load_vector(
-                    simd,
-                    #[cfg(target_arch = "x86_64")]
-                    &vectors.pieces,
-                    vectors.values,
-                    k,
-                )
+                load_vector(simd, &vectors.pieces, vectors.values, k)
             }
             #[inline(always)]
             fn load_mut<S: Simd>(simd: S, vectors: &Self::VectorsMut<'_, S>, k: usize) -> S::f32s {
-                #[cfg(target_arch = "x86_64")]
-                if let Some(v3) = as_v3(simd) {
-                    let wide = vectors.pieces.widen(v3, k);
+                if let Some(token) = as_token(simd) {
+                    let wide = vectors.pieces.widen(token, k);
                     return bytemuck::cast(wide.unwrap_or_else(|| past_the_pieces(k)));
                 }
                 widen_lanes(simd, vectors.values, k)
@@ -759,13 +892,11 @@ pub(crate) fn backward_rows<H: HalfElement + Storage<Wide = f32>>(
 #[cfg(test)]
 mod tests {
     use super::{bf16_to_f32, f32_to_bf16};
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    use super::{Piece, Token, TokenConversions, Wide};
     use half::bf16;
-    #[cfg(target_arch = "x86_64")]
-    use {
-        half::f16,
-        pulp::x86::V3,
-        std::arch::x86_64::{__m128i, __m256},
-    };
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    use half::f16;
 
     /// f32 values across the whole bit range: around every rounding tie of bf16 and of f16
     /// (the f16 ones in every exponent, subnormal results included), every 4099th pattern,
@@ -831,24 +962,40 @@ mod tests {
         }
     }
 
-    /// Eight-at-a-time conversions on AVX2 against the `half` crate's `to_f32` and `from_f32`
-    /// (where the CPU has AVX2): every half value, and the f32 patterns.
-    #[cfg(target_arch = "x86_64")]
-    fn avx2_conversions_match(
-        widen: impl Fn(V3, __m128i) -> __m256,
-        narrow: impl Fn(V3, __m256) -> __m128i,
+    /// The lanes of a piece.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    const PIECE: usize = size_of::<Piece>() / 2;
+
+    /// `values` as pieces (the last padded with zeros), each with the count of its own values.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn in_pieces<T: bytemuck::Pod + Default, const N: usize>(
+        values: &[T],
+    ) -> impl Iterator<Item = ([T; N], usize)> + '_ {
+        values.chunks(N).map(|chunk| {
+            let mut piece = [T::default(); N];
+            piece[..chunk.len()].copy_from_slice(chunk);
+            (piece, chunk.len())
+        })
+    }
+
+    /// A piece at a time on [`super::isa`]'s instruction set (AVX2, NEON) against the `half`
+    /// crate's `to_f32` and `from_f32`, where the CPU has it: every half value, and the f32
+    /// patterns. `quiet_nans`: whether a signaling NaN must come out quiet when widened.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn piece_conversions_match(
+        widen: impl Fn(Token, Piece) -> Wide,
+        narrow: impl Fn(Token, Wide) -> Piece,
         to_f32: fn(u16) -> f32,
         from_f32: fn(f32) -> u16,
         quiet_nans: bool,
     ) {
-        let Some(simd) = V3::try_new() else {
+        let Some(simd) = Token::try_new() else {
             return;
         };
         let halves: Vec<u16> = (0..=u16::MAX).collect();
-        for chunk in halves.chunks_exact(8) {
-            let bits: [u16; 8] = chunk.try_into().unwrap();
-            let wide: [f32; 8] = bytemuck::cast(widen(simd, bytemuck::cast(bits)));
-            for (&half, &wide) in chunk.iter().zip(&wide) {
+        for (piece, _) in in_pieces::<u16, PIECE>(&halves) {
+            let wide: [f32; PIECE] = bytemuck::cast(widen(simd, bytemuck::cast(piece)));
+            for (&half, &wide) in piece.iter().zip(&wide) {
                 let expected = to_f32(half);
                 if quiet_nans {
                     assert_eq!(wide.to_bits(), expected.to_bits(), "half {half:#06x}");
@@ -864,63 +1011,57 @@ mod tests {
                 }
             }
         }
-        let patterns: Vec<u32> = f32_patterns().collect();
-        for chunk in patterns.chunks(8) {
-            let mut values = [0.0f32; 8];
-            for (value, &bits) in values.iter_mut().zip(chunk) {
-                *value = f32::from_bits(bits);
-            }
-            let narrow: [u16; 8] = bytemuck::cast(narrow(simd, bytemuck::cast(values)));
-            for (&value, &narrow) in values.iter().zip(&narrow).take(chunk.len()) {
+        let patterns: Vec<f32> = f32_patterns().map(f32::from_bits).collect();
+        for (values, count) in in_pieces::<f32, PIECE>(&patterns) {
+            let narrow: [u16; PIECE] = bytemuck::cast(narrow(simd, bytemuck::cast(values)));
+            for (&value, &narrow) in values.iter().zip(&narrow).take(count) {
                 let expected = from_f32(value);
                 assert_eq!(narrow, expected, "f32 {:#010x}", value.to_bits());
             }
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
+    /// bf16 by integer operations: on x86-64 a signaling NaN may stay signaling when widened
+    /// (see `bf16_widen_v3`), on aarch64 it is made quiet.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
-    fn avx2_bf16_conversions_match_the_half_crate() {
-        avx2_conversions_match(
-            super::bf16_widen_v3,
-            super::bf16_narrow_v3,
+    fn bf16_piece_conversions_match_the_half_crate() {
+        piece_conversions_match(
+            <bf16 as TokenConversions>::widen_piece,
+            <bf16 as TokenConversions>::narrow_piece,
             |bits| bf16::from_bits(bits).to_f32(),
             |value| bf16::from_f32(value).to_bits(),
-            false,
+            cfg!(target_arch = "aarch64"),
         );
     }
 
     /// The rounding without a test for NaN: the same bits for every f32 pattern that is not
     /// NaN, and for every quiet NaN whose lower 16 bits are clear (each sign and upper payload).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
-    fn avx2_bf16_plain_narrowing_matches_where_it_is_used() {
-        let Some(simd) = V3::try_new() else {
+    fn bf16_plain_narrowing_matches_where_it_is_used() {
+        let Some(simd) = Token::try_new() else {
             return;
         };
         let quiet_nans = (0..0x40u32)
             .flat_map(|payload| [0x7FC0_0000 | (payload << 16), 0xFFC0_0000 | (payload << 16)]);
-        let patterns: Vec<u32> = f32_patterns()
+        let patterns: Vec<f32> = f32_patterns()
             .filter(|&bits| !f32::from_bits(bits).is_nan())
             .chain(quiet_nans)
+            .map(f32::from_bits)
             .collect();
-        for chunk in patterns.chunks(8) {
-            let mut values = [0.0f32; 8];
-            for (value, &bits) in values.iter_mut().zip(chunk) {
-                *value = f32::from_bits(bits);
-            }
-            let plain: [u16; 8] =
-                bytemuck::cast(super::bf16_narrow_plain_v3(simd, bytemuck::cast(values)));
-            for (&value, &plain) in values.iter().zip(&plain).take(chunk.len()) {
+        let plain = |values: [f32; PIECE]| -> [u16; PIECE] {
+            let piece = bf16::narrow_piece_plain(simd, bytemuck::cast(values));
+            bytemuck::cast(piece)
+        };
+        for (values, count) in in_pieces::<f32, PIECE>(&patterns) {
+            for (&value, &plain) in values.iter().zip(&plain(values)).take(count) {
                 let expected = bf16::from_f32(value).to_bits();
                 assert_eq!(plain, expected, "f32 {:#010x}", value.to_bits());
             }
         }
         // What it is not used for: a NaN with lower payload bits may round into its upper ones.
-        let carried: [u16; 8] = bytemuck::cast(super::bf16_narrow_plain_v3(
-            simd,
-            bytemuck::cast([f32::from_bits(0x7FC0_FFFF); 8]),
-        ));
+        let carried = plain([f32::from_bits(0x7FC0_FFFF); PIECE]);
         assert_ne!(
             carried[0],
             bf16::from_f32(f32::from_bits(0x7FC0_FFFF)).to_bits()
@@ -934,9 +1075,22 @@ mod tests {
         let Some(f16c) = super::HasF16c::get() else {
             return;
         };
-        avx2_conversions_match(
-            |simd, bits| f16c.widen(simd, bits),
-            |simd, values| f16c.narrow(simd, values),
+        piece_conversions_match(
+            |simd, bits| bytemuck::cast(f16c.widen(simd, bytemuck::cast(bits))),
+            |simd, values| bytemuck::cast(f16c.narrow(simd, values)),
+            |bits| f16::from_bits(bits).to_f32(),
+            |value| f16::from_f32(value).to_bits(),
+            true,
+        );
+    }
+
+    /// Through NEON's conversion instructions.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_f16_conversions_match_the_half_crate() {
+        piece_conversions_match(
+            <f16 as TokenConversions>::widen_piece,
+            <f16 as TokenConversions>::narrow_piece,
             |bits| f16::from_bits(bits).to_f32(),
             |value| f16::from_f32(value).to_bits(),
             true,

@@ -19,6 +19,8 @@ pub(crate) mod simd;
 use crate::element::Element;
 #[cfg(all(feature = "half", target_arch = "x86_64"))]
 pub(crate) use cpu::f16c;
+#[cfg(all(feature = "half", target_arch = "aarch64"))]
+pub(crate) use cpu::fcvt;
 pub(crate) use cpu::stream;
 use num_traits::Zero;
 pub(crate) use stream::Stores;

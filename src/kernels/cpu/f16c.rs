@@ -137,13 +137,14 @@ impl<'a> WritePieces<'a, HasF16c> for F16cPiecesMut<'a> {
 fn widen8(bits: __m128i) -> __m256 {
     let wide: __m256;
     // SAFETY: the caller guarantees F16C; the instruction reads one register and writes one,
-    // touching no memory, stack or flags.
+    // touching no memory or stack. It may set MXCSR's invalid-operation flag (a signaling NaN),
+    // which Rust counts among the flags, so `preserves_flags` is not claimed.
     unsafe {
         asm!(
             "vcvtph2ps {wide}, {bits}",
             wide = lateout(ymm_reg) wide,
             bits = in(xmm_reg) bits,
-            options(pure, nomem, nostack, preserves_flags),
+            options(pure, nomem, nostack),
         );
     }
     wide
@@ -155,13 +156,14 @@ fn widen8(bits: __m128i) -> __m256 {
 fn narrow8(values: __m256) -> __m128i {
     let bits: __m128i;
     // SAFETY: the caller guarantees F16C; the instruction reads one register and writes one,
-    // touching no memory, stack or flags.
+    // touching no memory or stack. It may set MXCSR's exception flags (inexact, overflow,
+    // underflow, invalid), so `preserves_flags` is not claimed.
     unsafe {
         asm!(
             "vcvtps2ph {bits}, {values}, 0",
             bits = lateout(xmm_reg) bits,
             values = in(ymm_reg) values,
-            options(pure, nomem, nostack, preserves_flags),
+            options(pure, nomem, nostack),
         );
     }
     bits

@@ -5,9 +5,12 @@
 //!
 //! - [`stream`]: streaming (non-temporal) stores for outputs larger than the last-level cache.
 //! - `f16c` (x86-64, feature `half`): the CPU's f16 conversions for the AVX2 half kernels.
+//! - `fcvt` (aarch64, feature `half`): NEON's f16 conversions for the NEON half kernels.
 
 #![allow(unsafe_code)]
 
 #[cfg(all(feature = "half", target_arch = "x86_64"))]
 pub(crate) mod f16c;
+#[cfg(all(feature = "half", target_arch = "aarch64"))]
+pub(crate) mod fcvt;
 pub(crate) mod stream;
