@@ -424,29 +424,28 @@ mod neon {
     /// Four bf16 widened to f32: shifted into the upper half, a NaN made quiet (as
     /// `bf16_to_f32` does). Unlike x86, aarch64 arithmetic gives a signaling NaN operand
     /// precedence over a quiet one, so a NaN left signaling could change which NaN a result
-    /// carries.
+    /// carries. `fmax` of a value with itself is that value, but a signaling NaN comes out
+    /// quiet with its sign and payload (FPCR's default-NaN mode is off in Rust's default
+    /// environment): one instruction for the three of a test and a select.
     #[inline(always)]
     pub(super) fn bf16_widen(simd: Token, bits: Piece) -> Wide {
         let neon = simd.neon;
-        let wide = neon.vshll_n_u16::<16>(bytemuck::cast(bits));
-        let values = neon.vreinterpretq_f32_u32(wide);
-        // All ones where the lane is not NaN (equal to itself).
-        let ordered = neon.vceqq_f32(values, values);
-        let quiet = neon.vbicq_u32(neon.vdupq_n_u32(0x0040_0000), ordered);
-        neon.vreinterpretq_f32_u32(neon.vorrq_u32(wide, quiet))
+        let values = neon.vreinterpretq_f32_u32(neon.vshll_n_u16::<16>(bytemuck::cast(bits)));
+        neon.vmaxq_f32(values, values)
     }
 
     /// Four f32 rounded to bf16: to nearest, ties to even, on the integer bits (as
-    /// `bf16_narrow_v3`); a NaN keeps its upper bits, made quiet.
+    /// `bf16_narrow_v3`); a NaN keeps its upper bits, made quiet. The rounding's addition is
+    /// masked off NaN lanes, which `fmax` makes quiet (see [`bf16_widen`]).
     #[inline(always)]
     pub(super) fn bf16_narrow(simd: Token, values: Wide) -> Piece {
         let neon = simd.neon;
         let bits = neon.vreinterpretq_u32_f32(values);
-        let rounded = neon.vaddq_u32(bits, rounding_bias(simd, bits));
-        let quiet = neon.vorrq_u32(bits, neon.vdupq_n_u32(0x0040_0000));
+        // All ones where the lane is not NaN (equal to itself).
         let ordered = neon.vceqq_f32(values, values);
-        let chosen = neon.vbslq_u32(ordered, rounded, quiet);
-        bytemuck::cast(neon.vshrn_n_u32::<16>(chosen))
+        let bias = neon.vandq_u32(rounding_bias(simd, bits), ordered);
+        let quiet = neon.vreinterpretq_u32_f32(neon.vmaxq_f32(values, values));
+        bytemuck::cast(neon.vaddhn_u32(quiet, bias))
     }
 
     /// [`bf16_narrow`] without its test for NaN (see `bf16_narrow_plain_v3`): the sum's upper
