@@ -137,8 +137,8 @@ impl<'a> WritePieces<'a, HasF16c> for F16cPiecesMut<'a> {
 fn widen8(bits: __m128i) -> __m256 {
     let wide: __m256;
     // SAFETY: the caller guarantees F16C; the instruction reads one register and writes one,
-    // touching no memory or stack. It may set MXCSR's invalid-operation flag (a signaling NaN),
-    // which Rust counts among the flags, so `preserves_flags` is not claimed.
+    // touching no memory or stack. It may set MXCSR's exception flags (invalid for a signaling
+    // NaN), which Rust counts among the flags, so `preserves_flags` is not claimed.
     unsafe {
         asm!(
             "vcvtph2ps {wide}, {bits}",
