@@ -147,8 +147,8 @@ fn forced() -> Option<Stores> {
 /// loops for ordinary stores only, which tests nothing (`Storage::CACHED_LOOP_COPY`).
 /// The backward loops always store ordinarily (into `dx`, or into a row in cache that is then
 /// streamed out by [`copy_row`]), so they test nothing.
-// Elsewhere than x86-64 there are no streaming stores: the code that reads these two fields
-// (and the half pieces that make an empty one) is x86-64 only.
+// Elsewhere than x86-64 there are no streaming stores: the code that reads `stores` and
+// `aligned` (in `put`) is x86-64 only.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct OutVectors<'a, V, const ROW_CHECKED: bool = false> {
     vectors: &'a mut [V],
@@ -175,7 +175,6 @@ impl<'a, V: bytemuck::Pod, const ROW_CHECKED: bool> OutVectors<'a, V, ROW_CHECKE
 
     /// No vectors (the half rows' placeholder where a row has none).
     #[cfg(feature = "half")]
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     pub(crate) fn empty() -> Self {
         OutVectors {
