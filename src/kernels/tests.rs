@@ -813,12 +813,6 @@ mod half_rows {
         }
     }
 
-    /// NaNs in `y` and `dx` keep their bits: one carried from a gain or bias NaN with payload
-    /// in its lower bits (which bf16's shorter rounding, `Storage::store_plain_nans`, would
-    /// round into its upper ones, so such a layer runs the general loops), and those the
-    /// arithmetic makes from an infinite gain (on `x̂ = 0` in the forward; in the backward's
-    /// sums). Compared with the f32 kernels' results on the same instruction set, rounded lane
-    /// by lane; each case has one source of NaN, so the f32 results' NaN bits are determined.
     /// `dx` alone (no parameter gradients) on `arch`.
     fn dx_on<E: Storage>(arch: pulp::Arch, rows: BackwardRows<'_, E>, dx: &mut [E]) {
         arch.dispatch(Backward {
@@ -834,6 +828,12 @@ mod half_rows {
         });
     }
 
+    /// NaNs in `y` and `dx` keep their bits: one carried from a gain or bias NaN with payload
+    /// in its lower bits (which bf16's shorter rounding, `Storage::store_plain_nans`, would
+    /// round into its upper ones, so such a layer runs the general loops), and those the
+    /// arithmetic makes from an infinite gain (on `x̂ = 0` in the forward; in the backward's
+    /// sums). Compared with the f32 kernels' results on the same instruction set, rounded lane
+    /// by lane; each case has one source of NaN, so the f32 results' NaN bits are determined.
     fn check_nan_bits<H: HalfElement + Storage<Wide = f32>>() {
         let payload = f32::from_bits(0x7FC0_FFFF);
         let bits =
