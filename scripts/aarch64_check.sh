@@ -1,8 +1,10 @@
 #!/bin/bash
 # The same-bits check and the tests on aarch64 (NEON and the scalar path), on an x86-64
 # machine, under QEMU's user-mode emulation (which computes IEEE arithmetic exactly, so the bits
-# are those of real hardware; the speed is not). Not part of CI: it needs a cross linker, QEMU
-# and the aarch64 standard library, and takes about 20 minutes on a 2-core machine.
+# are those of real hardware; the speed is not). CI (`.ci/run`) runs part of it: the
+# fingerprints and the library's and half-precision suites. This script runs every suite, in
+# release builds, which takes about 20 minutes on a 2-core machine. It needs a cross linker,
+# QEMU and the aarch64 standard library.
 #
 #   rustup target add aarch64-unknown-linux-gnu
 #   sudo apt-get install gcc-aarch64-linux-gnu qemu-user     # Debian / Ubuntu
