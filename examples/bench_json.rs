@@ -19,7 +19,10 @@
 //! workers asleep).
 //!
 //! Times are medians over `--samples` samples of about `--sample-ms` each; each sample runs
-//! the call repeatedly on the same buffers (as a training loop does), after a warm-up.
+//! the call repeatedly on the same buffers (as a training loop does), after a warm-up. The
+//! calls are made on a thread of a rayon pool of each thread count; `--from-outside` makes
+//! them from the main thread instead, as most programs do, which adds the cost of handing each
+//! parallel call to the global pool.
 
 use clap::Parser;
 use layernorm::{Element, LayerNorm};
@@ -60,11 +63,30 @@ struct Args {
     /// Approximate length of one sample, in milliseconds.
     #[arg(long, default_value_t = 40)]
     sample_ms: u64,
+    /// Make the calls from the main thread, outside any pool (as a program that never enters
+    /// one does), so that each parallel call first hands its work to rayon's global pool,
+    /// built with the one thread count given. By default the calls are made on a thread of a
+    /// pool of each thread count (`ThreadPool::install`), where that hand-off is not paid.
+    #[arg(long)]
+    from_outside: bool,
 }
 
-/// Median seconds per call of `work`, run in `pool`.
+/// Runs `measure` on a thread of `pool`, or with `--from-outside` on the calling thread.
+fn on_caller<R: Send>(
+    pool: &rayon::ThreadPool,
+    args: &Args,
+    measure: impl FnOnce() -> R + Send,
+) -> R {
+    if args.from_outside {
+        measure()
+    } else {
+        pool.install(measure)
+    }
+}
+
+/// Median seconds per call of `work`, called as [`on_caller`] says.
 fn median_seconds(pool: &rayon::ThreadPool, args: &Args, mut work: impl FnMut() + Send) -> f64 {
-    pool.install(|| {
+    on_caller(pool, args, || {
         // Warm-up, and a first estimate of one call's time.
         let start = Instant::now();
         let mut calls = 0u64;
@@ -219,7 +241,7 @@ fn run_type<A: Element + Zero + Mul<Output = A>>(
                         let ideal = busy.as_secs_f64() * tasks.div_ceil(threads) as f64;
                         let warm = median_seconds(&pool, args, call);
                         report("rayon_warm", type_name, shape, threads, warm - ideal, 0);
-                        let cold = pool.install(|| {
+                        let cold = on_caller(&pool, args, || {
                             let mut samples: Vec<f64> = (0..args.samples.max(1) * 10)
                                 .map(|_| {
                                     std::thread::sleep(Duration::from_millis(2));
@@ -256,6 +278,15 @@ fn layernorm_task_count(rows: usize, cols: usize, threads: usize) -> usize {
 
 fn main() -> Result<(), String> {
     let args = Args::parse();
+    if args.from_outside {
+        let &[threads] = args.threads.as_slice() else {
+            return Err("--from-outside takes one thread count (the global pool's)".into());
+        };
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| e.to_string())?;
+    }
     for type_name in &args.types {
         match type_name.as_str() {
             "f32" => run_type::<f32>(&args, type_name)?,

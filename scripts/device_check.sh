@@ -2,7 +2,7 @@
 # One run on a lent many-core machine (see the device tool's README): the same-bits check under
 # every instruction-set cap, the kernel tests, a 1-16 thread sweep with same-run ceilings, the
 # static schedule (LAYERNORM_SCHEDULE=static), both store paths (half precision too), the rayon
-# hand-off cost and PyTorch side by side when it is installed there.
+# hand-off cost, calls from outside any pool, and PyTorch side by side when it is installed there.
 # Nothing is built there: first build here and put the binaries in devrun/bin (ignored by git):
 #
 #   cargo build --release --features half --example bench_json --example same_bits
@@ -83,6 +83,12 @@ fi
 t rayon
 timeout "$(cap 20)" "$B/bench_json" --threads 2,4,8,16 --shapes 512x1024 --ops rayon_overhead $J \
   > "$O/rayon.jsonl" 2> "$O/rayon.txt"
+t outside
+# The same calls from the main thread, outside any pool, as most programs make them: each
+# parallel call is handed to the global pool (16 threads) and waited for (BENCHMARKS "Calls
+# from outside the pool").
+timeout "$(cap 20)" "$B/bench_json" --from-outside --threads 16 --shapes 512x1024,4096x1024 \
+  --ops forward,backward $J > "$O/outside.jsonl" 2> "$O/outside.txt"
 t stores
 for stores in cached streaming; do
   LAYERNORM_STORES=$stores timeout "$(cap 40)" "$B/bench_json" --threads 1,16 \

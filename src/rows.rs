@@ -130,6 +130,16 @@ fn run_in_shares<J: RowJob>(job: J, shares: usize) {
     });
 }
 
+/// Runs `work` on a thread of rayon's pool: at once on a thread of a pool, else handed to the
+/// global pool and waited for. A call that goes parallel more than once (the backward pass's
+/// rows, then its combination of gradient sums) hands its work over once: from a thread
+/// outside the pool, each parallel region would otherwise be handed over and waited for on
+/// its own.
+#[cfg(feature = "rayon")]
+fn in_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| work())
+}
+
 /// Halves `job` at an aligned row until the pieces hold at most `rows_per_task` rows.
 #[cfg(feature = "rayon")]
 fn split<J: RowJob>(job: J, rows_per_task: usize) {
@@ -498,18 +508,20 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
         };
         let groups = rows.div_ceil(group_rows);
         let mut partials = SumBuffers::<A::Stat>::new(&totals, groups * dim);
-        run(BlockedBackward {
-            job: BackwardJob {
-                rows: inputs,
-                out: BackwardOut {
-                    dx,
-                    dsum,
-                    sums: partials.sums(),
+        in_pool(|| {
+            run(BlockedBackward {
+                job: BackwardJob {
+                    rows: inputs,
+                    out: BackwardOut {
+                        dx,
+                        dsum,
+                        sums: partials.sums(),
+                    },
                 },
-            },
-            group_rows,
+                group_rows,
+            });
+            combine_groups(&partials, &mut totals, dim, group_rows);
         });
-        combine_groups(&partials, &mut totals, dim, group_rows);
         return;
     }
     // On the calling thread: one block's sums at a time, added to the totals as they come.

@@ -1,7 +1,8 @@
 //! Results do not depend on the number of threads: forward, stats, dx, dgain and dbias are
 //! bitwise identical in rayon pools of 1, 2, 3, 4 and 16 threads (1 thread takes the serial path;
-//! 16 leaves some threads without rows under `LAYERNORM_SCHEDULE=static`, which CI also runs),
-//! for f32, f64 and (feature `half`) f16 and bf16.
+//! 16 leaves some threads without rows under `LAYERNORM_SCHEDULE=static`, which CI also runs)
+//! and when called from outside any pool (rayon's global pool), for f32, f64 and (feature
+//! `half`) f16 and bf16.
 //! f64 data shows any change in the order of the gradient sums (f32 results would round it away).
 //! Backward splits at 8-row groups when 64-row gradient blocks would leave threads idle.
 
@@ -52,6 +53,11 @@ fn check_thread_independence<A: Element>(convert: fn(f64) -> A, huge: f64) {
                 "{rows}x{dim}: {threads} threads differ from 1"
             );
         }
+        // From this thread, outside any pool: the calls hand their work to the global pool.
+        assert!(
+            serial == compute(),
+            "{rows}x{dim}: a call from outside the pool differs"
+        );
     }
 }
 
