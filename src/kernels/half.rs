@@ -87,6 +87,12 @@ pub(crate) trait ReadPieces<'a, P>: Copy {
     fn first(self, len: usize) -> Self;
     /// Piece `k` widened to f32; `None` past the end.
     fn widen(&self, simd: Token, k: usize) -> Option<Wide>;
+    /// [`ReadPieces::widen`] where a signaling NaN may stay signaling (see
+    /// [`Storage::load_unquieted`]).
+    #[inline(always)]
+    fn widen_unquieted(&self, simd: Token, k: usize) -> Option<Wide> {
+        self.widen(simd, k)
+    }
 }
 
 /// [`ReadPieces`], written (and read, in place).
@@ -96,6 +102,11 @@ pub(crate) trait WritePieces<'a, P> {
     fn len(&self) -> usize;
     fn first(self, len: usize) -> Self;
     fn widen(&self, simd: Token, k: usize) -> Option<Wide>;
+    /// [`ReadPieces::widen_unquieted`], in place.
+    #[inline(always)]
+    fn widen_unquieted(&self, simd: Token, k: usize) -> Option<Wide> {
+        self.widen(simd, k)
+    }
     /// `values` rounded to half into piece `k` (stored as the row's [`OutVectors`] say);
     /// `false` past the end.
     fn narrow(&mut self, simd: Token, k: usize, values: Wide) -> bool;
@@ -111,6 +122,12 @@ pub(crate) trait WritePieces<'a, P> {
 /// and f16 on aarch64 (NEON's conversion instructions are part of NEON).
 pub(crate) trait TokenConversions: Copy {
     fn widen_piece(simd: Token, bits: Piece) -> Wide;
+    /// [`TokenConversions::widen_piece`] where a signaling NaN may stay signaling (see
+    /// [`Storage::load_unquieted`]).
+    #[inline(always)]
+    fn widen_piece_unquieted(simd: Token, bits: Piece) -> Wide {
+        Self::widen_piece(simd, bits)
+    }
     fn narrow_piece(simd: Token, values: Wide) -> Piece;
     /// [`TokenConversions::narrow_piece`] for values whose NaNs are plain (see
     /// [`Storage::store_plain_nans`]).
@@ -175,6 +192,10 @@ impl<'a, H: TokenConversions> ReadPieces<'a, ()> for TokenPieces<'a, H> {
     fn widen(&self, simd: Token, k: usize) -> Option<Wide> {
         Some(H::widen_piece(simd, *self.0.get(k)?))
     }
+    #[inline(always)]
+    fn widen_unquieted(&self, simd: Token, k: usize) -> Option<Wide> {
+        Some(H::widen_piece_unquieted(simd, *self.0.get(k)?))
+    }
 }
 
 impl<'a, H: TokenConversions> WritePieces<'a, ()> for TokenPiecesMut<'a, H> {
@@ -197,6 +218,10 @@ impl<'a, H: TokenConversions> WritePieces<'a, ()> for TokenPiecesMut<'a, H> {
     #[inline(always)]
     fn widen(&self, simd: Token, k: usize) -> Option<Wide> {
         Some(H::widen_piece(simd, self.0.get(k)?))
+    }
+    #[inline(always)]
+    fn widen_unquieted(&self, simd: Token, k: usize) -> Option<Wide> {
+        Some(H::widen_piece_unquieted(simd, self.0.get(k)?))
     }
     #[inline(always)]
     fn narrow(&mut self, simd: Token, k: usize, values: Wide) -> bool {
@@ -262,6 +287,10 @@ impl TokenConversions for half::bf16 {
     #[inline(always)]
     fn widen_piece(simd: Token, bits: Piece) -> Wide {
         neon::bf16_widen(simd, bits)
+    }
+    #[inline(always)]
+    fn widen_piece_unquieted(simd: Token, bits: Piece) -> Wide {
+        neon::bf16_widen_unquieted(simd, bits)
     }
     #[inline(always)]
     fn narrow_piece(simd: Token, values: Wide) -> Piece {
@@ -430,8 +459,16 @@ mod neon {
     #[inline(always)]
     pub(super) fn bf16_widen(simd: Token, bits: Piece) -> Wide {
         let neon = simd.neon;
-        let values = neon.vreinterpretq_f32_u32(neon.vshll_n_u16::<16>(bytemuck::cast(bits)));
+        let values = bf16_widen_unquieted(simd, bits);
         neon.vmaxq_f32(values, values)
+    }
+
+    /// [`bf16_widen`] without making a NaN quiet: the shift alone (see
+    /// `Storage::load_unquieted` for where that is exact).
+    #[inline(always)]
+    pub(super) fn bf16_widen_unquieted(simd: Token, bits: Piece) -> Wide {
+        let neon = simd.neon;
+        neon.vreinterpretq_f32_u32(neon.vshll_n_u16::<16>(bytemuck::cast(bits)))
     }
 
     /// Four f32 rounded to bf16: to nearest, ties to even, on the integer bits (as
@@ -529,17 +566,18 @@ fn narrow_partial<H: HalfElement, S: Simd>(values: &mut [H], vector: S::f32s) {
     }
 }
 
-/// Vector `k` of a row's full vectors, widened: from its piece on [`isa`]'s instruction set,
-/// lane by lane from the values elsewhere (and where the CPU lacks the piece conversions).
+/// Vector `k` of a row's full vectors, widened: from its piece on [`isa`]'s instruction set
+/// (by `widen`, a [`ReadPieces`] or [`WritePieces`] method for piece `k`), lane by lane from
+/// the values elsewhere (and where the CPU lacks the piece conversions).
 #[inline(always)]
 fn load_vector<H: HalfElement, S: Simd>(
     simd: S,
-    pieces: &H::Pieces<'_>,
+    widen: impl FnOnce(Token) -> Option<Wide>,
     values: &[H],
     k: usize,
 ) -> S::f32s {
     if let Some(token) = as_token(simd) {
-        return bytemuck::cast(pieces.widen(token, k).unwrap_or_else(|| past_the_pieces(k)));
+        return bytemuck::cast(widen(token).unwrap_or_else(|| past_the_pieces(k)));
     }
     widen_lanes(simd, values, k)
 }
@@ -719,15 +757,31 @@ macro_rules! half_storage {
             }
             #[inline(always)]
             fn load<S: Simd>(simd: S, vectors: &Self::Vectors<'_, S>, k: usize) -> S::f32s {
-                load_vector(simd, &vectors.pieces, vectors.values, k)
+                let widen = |token| vectors.pieces.widen(token, k);
+                load_vector(simd, widen, vectors.values, k)
+            }
+            #[inline(always)]
+            fn load_unquieted<S: Simd>(
+                simd: S,
+                vectors: &Self::Vectors<'_, S>,
+                k: usize,
+            ) -> S::f32s {
+                let widen = |token| vectors.pieces.widen_unquieted(token, k);
+                load_vector(simd, widen, vectors.values, k)
             }
             #[inline(always)]
             fn load_mut<S: Simd>(simd: S, vectors: &Self::VectorsMut<'_, S>, k: usize) -> S::f32s {
-                if let Some(token) = as_token(simd) {
-                    let wide = vectors.pieces.widen(token, k);
-                    return bytemuck::cast(wide.unwrap_or_else(|| past_the_pieces(k)));
-                }
-                widen_lanes(simd, vectors.values, k)
+                let widen = |token| vectors.pieces.widen(token, k);
+                load_vector(simd, widen, vectors.values, k)
+            }
+            #[inline(always)]
+            fn load_mut_unquieted<S: Simd>(
+                simd: S,
+                vectors: &Self::VectorsMut<'_, S>,
+                k: usize,
+            ) -> S::f32s {
+                let widen = |token| vectors.pieces.widen_unquieted(token, k);
+                load_vector(simd, widen, vectors.values, k)
             }
             #[inline(always)]
             fn store<S: Simd>(

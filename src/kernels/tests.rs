@@ -834,6 +834,27 @@ mod half_rows {
     /// arithmetic makes from an infinite gain (on `x̂ = 0` in the forward; in the backward's
     /// sums). Compared with the f32 kernels' results on the same instruction set, rounded lane
     /// by lane; each case has one source of NaN, so the f32 results' NaN bits are determined.
+    /// `y`, the means and the inverse standard deviations of the forward pass on `arch`.
+    fn forward_on<H: HalfElement + Storage<Wide = f32>>(
+        arch: pulp::Arch,
+        layer: Layer<'_, H>,
+        x: &[H],
+    ) -> (Vec<H>, Vec<f32>, Vec<f32>) {
+        let rows = x.len() / layer.dim;
+        let mut y = vec![H::narrow_one(0.0); x.len()];
+        let (mut means, mut inv_stds) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+        arch.dispatch(ForwardRows {
+            layer,
+            x: Some(x),
+            out: &mut y,
+            stats: Some(RowStatsOut {
+                mean: &mut means,
+                inv_std: &mut inv_stds,
+            }),
+        });
+        (y, means, inv_stds)
+    }
+
     fn check_nan_bits<H: HalfElement + Storage<Wide = f32>>() {
         let payload = f32::from_bits(0x7FC0_FFFF);
         let bits =
@@ -889,17 +910,7 @@ mod half_rows {
                             eps: 1e-5,
                             stores,
                         };
-                        let mut y = vec![H::narrow_one(0.0); x.len()];
-                        let (mut means, mut inv_stds) = (vec![0.0f32; rows], vec![0.0f32; rows]);
-                        arch.dispatch(ForwardRows {
-                            layer,
-                            x: Some(&x),
-                            out: &mut y,
-                            stats: Some(RowStatsOut {
-                                mean: &mut means,
-                                inv_std: &mut inv_stds,
-                            }),
-                        });
+                        let (y, means, inv_stds) = forward_on(arch, layer, &x);
                         let mut y_wide = vec![0.0f32; x.len()];
                         arch.dispatch(ForwardRows {
                             layer: H::wide_layer(layer),
@@ -971,6 +982,78 @@ mod half_rows {
                 assert!(results[0].iter().all(|&bits| bits != u64::MAX));
             }
         }
+    }
+
+    /// Rows whose `x` holds a quiet NaN and a signaling one with another payload, in either
+    /// order: their `y` and statistics (forward out of place and in place) are the scalar
+    /// path's to the bit on every instruction set, NaN payloads included. The forward loads
+    /// `x` without making a signaling NaN quiet where that is shorter (bf16 on aarch64,
+    /// `Storage::load_unquieted`), which changes which payload a sum of two NaNs carries
+    /// there; that is exact only because such rows go to the scalar specification, which
+    /// reads them again.
+    fn check_signaling_nans_in_x<H: HalfElement + Storage<Wide = f32>>(quiet: u16, signaling: u16) {
+        let bits =
+            |values: &[H]| -> Vec<u16> { values.iter().map(|&v| bytemuck::cast(v)).collect() };
+        let stat_bits =
+            |values: &[f32]| -> Vec<u32> { values.iter().map(|v| v.to_bits()).collect() };
+        for dim in [64, 1000] {
+            let rows = 4;
+            let mut x: Vec<H> = (0..rows * dim)
+                .map(|i| H::narrow_one((i % 13) as f32 / 4.0 - 1.5))
+                .collect();
+            // Row 1: quiet, then signaling; row 2: signaling, then quiet (across vectors).
+            x[dim + 3] = bytemuck::cast(quiet);
+            x[2 * dim - 2] = bytemuck::cast(signaling);
+            x[2 * dim + 1] = bytemuck::cast(signaling);
+            x[2 * dim + 9] = bytemuck::cast(quiet);
+            let gain: Vec<f32> = (0..dim).map(|i| 1.0 + (i % 5) as f32 / 8.0).collect();
+            let bias: Vec<f32> = (0..dim).map(|i| (i % 3) as f32 / 4.0 - 0.25).collect();
+            let run = |arch: pulp::Arch, layer: Layer<'_, H>| {
+                let (y, means, inv_stds) = forward_on(arch, layer, &x);
+                let mut in_place = x.clone();
+                arch.dispatch(ForwardRows {
+                    layer,
+                    x: None,
+                    out: &mut in_place,
+                    stats: None,
+                });
+                (
+                    bits(&y),
+                    stat_bits(&means),
+                    stat_bits(&inv_stds),
+                    bits(&in_place),
+                )
+            };
+            for centered in [true, false] {
+                let layer = Layer {
+                    dim,
+                    gain: Some(&gain[..]),
+                    bias: Some(&bias[..]),
+                    centered,
+                    eps: 1e-5,
+                    stores: Stores::Cached,
+                };
+                let reference = run(pulp::Arch::Scalar, layer);
+                // Both NaN rows are NaN throughout.
+                let is_nan = |&b: &u16| bytemuck::cast::<u16, H>(b).widen_one().is_nan();
+                assert!(reference.0[dim..3 * dim].iter().all(is_nan));
+                for &(name, arch) in &instruction_sets() {
+                    for stores in store_choices() {
+                        let layer = Layer { stores, ..layer };
+                        assert!(
+                            run(arch, layer) == reference,
+                            "{name} {stores:?}: dim {dim} centered {centered}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn forward_rows_with_signaling_nans_keep_the_scalar_bits() {
+        check_signaling_nans_in_x::<half::bf16>(0x7FC5, 0x7F83);
+        check_signaling_nans_in_x::<half::f16>(0x7E05, 0x7C03);
     }
 
     #[test]

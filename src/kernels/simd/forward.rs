@@ -311,7 +311,7 @@ fn normalize_and_sum_next<E: Storage, S: Simd, V: ForwardBody, const COMMON: boo
     let sums = sum_and_dot!(T<E>, simd, len, |k| {
         let y = head.y::<V>(simd, &normalizer, k);
         head.store::<COMMON>(simd, k, y);
-        let deviation = T::<E>::sub_vectors(simd, E::load(simd, &next_head, k), shift);
+        let deviation = T::<E>::sub_vectors(simd, E::load_unquieted(simd, &next_head, k), shift);
         (deviation, deviation, deviation)
     }, tail: next_tail.len() => {
         let deviation = T::<E>::sub_vectors(simd, E::load_partial(simd, next_tail), shift);
@@ -395,9 +395,9 @@ impl<'r, E: Storage, S: Simd> RowHead<'r, E, S> {
     ) -> WideVector<E, S> {
         type T<E> = <E as Storage>::Wide;
         let value = if V::IN_PLACE {
-            E::load_mut(simd, &self.out, k)
+            E::load_mut_unquieted(simd, &self.out, k)
         } else {
-            E::load(simd, &self.x, k)
+            E::load_unquieted(simd, &self.x, k)
         };
         let x_hat = normalizer.x_hat::<T<E>, S>(simd, value);
         match (V::HAS_GAIN, V::HAS_BIAS) {

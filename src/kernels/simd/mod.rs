@@ -482,7 +482,7 @@ fn first_shift<E: Storage, S: Simd>(simd: S, row: &[E], centered: bool) -> E::Wi
     let (sample, _) = E::split::<S>(&row[..lanes]);
     let zero = T::<E>::splat(simd, T::<E>::zero());
     let count = E::count::<S>(&sample);
-    let (sum, _) = sum_and_dot!(once; T<E>, simd, count, |k| (E::load(simd, &sample, k), zero, zero), tail: 0 => {
+    let (sum, _) = sum_and_dot!(once; T<E>, simd, count, |k| (E::load_unquieted(simd, &sample, k), zero, zero), tail: 0 => {
         (zero, zero, zero)
     });
     T::<E>::from_stat(sum / lanes as f64)
@@ -561,6 +561,7 @@ fn finish_stats<T: SimdFloat>(
 
 /// The sums `(Σ (xᵢ − shift), Σ (xᵢ − shift)²)` of one row, by [`sum_and_dot!`] (`SHORT`: the
 /// row fits one fold period, see `sum_and_dot_once_with!`; the same bits, less bookkeeping).
+/// The forward pass's: a NaN in the row only makes them NaN (`Storage::load_unquieted`).
 #[inline(always)]
 fn deviation_sums<E: Storage, S: Simd, const SHORT: bool>(
     simd: S,
@@ -576,7 +577,7 @@ fn deviation_sums<E: Storage, S: Simd, const SHORT: bool>(
         ($($once:ident;)?) => {
             sum_and_dot!($($once;)? T<E>, simd, count, |k| {
                 let deviation =
-                    T::<E>::sub_vectors(simd, E::load(simd, &head, k), shift_vector);
+                    T::<E>::sub_vectors(simd, E::load_unquieted(simd, &head, k), shift_vector);
                 (deviation, deviation, deviation)
             }, tail: tail.len() => {
                 let deviation =
