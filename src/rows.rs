@@ -188,26 +188,17 @@ pub(crate) fn forward<A: Element>(mut job: ForwardRows<'_, A>) {
 /// stores.
 fn output_stores<A: Element>(job: &ForwardRows<'_, A>) -> Stores {
     match job.x {
-        Some(_) => forward_stores::<A>(size_of_val(job.out)),
+        Some(_) => stores_for::<A>(size_of_val(job.out), Stores::for_output),
         None => Stores::Cached,
     }
 }
 
-/// The stores for a forward output of `bytes` bytes of `A` (see [`Stores::for_output`]; half
-/// precision: [`Stores::cached_unless_forced`]).
-fn forward_stores<A: Element>(bytes: usize) -> Stores {
+/// The stores for an output of `bytes` bytes of `A`: as `by_size` chooses
+/// ([`Stores::for_output`] for `y`, [`Stores::for_backward_output`] for `dx`) for types that
+/// gain from streaming stores; for half precision, [`Stores::cached_unless_forced`].
+fn stores_for<A: Element>(bytes: usize, by_size: fn(usize) -> Stores) -> Stores {
     if A::STREAMING_STORES {
-        Stores::for_output(bytes)
-    } else {
-        Stores::cached_unless_forced()
-    }
-}
-
-/// The stores for a backward `dx` of `bytes` bytes of `A` (see
-/// [`Stores::for_backward_output`]; half precision: [`Stores::cached_unless_forced`]).
-fn backward_stores<A: Element>(bytes: usize) -> Stores {
-    if A::STREAMING_STORES {
-        Stores::for_backward_output(bytes)
+        by_size(bytes)
     } else {
         Stores::cached_unless_forced()
     }
@@ -481,7 +472,8 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
     // Streaming stores for a large dx (see `Stores::for_backward_output`); with `dsum`, each
     // row of dx is read back to add it: ordinary stores always.
     if job.out.dsum.is_none() {
-        job.rows.layer.stores = backward_stores::<A>(size_of_val(job.out.dx));
+        job.rows.layer.stores =
+            stores_for::<A>(size_of_val(job.out.dx), Stores::for_backward_output);
     }
     if !job.out.sums.is_wanted() {
         return run(BlockedBackward { job, group_rows: 1 });
@@ -545,8 +537,17 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
 
 #[cfg(all(test, feature = "rayon"))]
 mod tests {
-    use super::{backward_stores, forward_stores, task_rows, GRAD_BLOCK_ROWS};
+    use super::{stores_for, task_rows, GRAD_BLOCK_ROWS};
+    use crate::element::Element;
     use crate::kernels::stream::Stores;
+
+    fn forward_stores<A: Element>(bytes: usize) -> Stores {
+        stores_for::<A>(bytes, Stores::for_output)
+    }
+
+    fn backward_stores<A: Element>(bytes: usize) -> Stores {
+        stores_for::<A>(bytes, Stores::for_backward_output)
+    }
 
     /// Large f32 and f64 outputs stream (where the CPU can); half-precision outputs keep
     /// ordinary stores at any size, unless `LAYERNORM_STORES` forces a choice.
