@@ -82,20 +82,25 @@ fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backwar
     // are half values (whose NaNs, widened, have clear lower bits), so every NaN in `dx` is
     // then made by the arithmetic or carried from `x` or `dy`. Checked once per job.
     let plain = E::PLAIN_NAN_STORES && holds_no_nan(E::wide_layer(backward.rows.layer).gain);
-    // One loop per layout, so that no row tests it (short rows are never fused).
-    macro_rules! rows_as {
-        ($plain:literal) => {
-            match (short, fuse) {
-                (true, _) => backward_rows_as::<E, S, V, true, false, $plain>(simd, backward),
-                (false, false) => backward_rows_as::<E, S, V, false, false, $plain>(simd, backward),
-                (false, true) => backward_rows_as::<E, S, V, false, true, $plain>(simd, backward),
-            }
-        };
-    }
     if plain {
-        rows_as!(true)
+        backward_in_layout::<E, S, V, true>(simd, backward, short, fuse)
     } else {
-        rows_as!(false)
+        backward_in_layout::<E, S, V, false>(simd, backward, short, fuse)
+    }
+}
+
+/// One loop per layout, so that no row tests it (short rows are never fused).
+#[inline(always)]
+fn backward_in_layout<E: Storage, S: Simd, V: BackwardBody, const PLAIN: bool>(
+    simd: S,
+    backward: Backward<'_, E>,
+    short: bool,
+    fuse: bool,
+) {
+    match (short, fuse) {
+        (true, _) => backward_rows_as::<E, S, V, true, false, PLAIN>(simd, backward),
+        (false, false) => backward_rows_as::<E, S, V, false, false, PLAIN>(simd, backward),
+        (false, true) => backward_rows_as::<E, S, V, false, true, PLAIN>(simd, backward),
     }
 }
 
