@@ -25,6 +25,11 @@ kernels alone, as the crate's `*_into` calls), and allocating its outputs on eve
 autograd does (large fresh outputs then cost page faults). The PyTorch backward computes dx,
 dgain and dbias, as the crate's benchmark does.
 
+PyTorch is called from the main thread, as programs call it. The crate's calls are made on a
+thread of a rayon pool, unless `--from-outside` makes them from the main thread too (each
+parallel call then pays its hand-off to rayon's global pool; BENCHMARKS.md, "Calls from outside
+the pool").
+
 On a shared machine the speed of both sides drifts between runs. `--rounds N` runs the crate
 and PyTorch alternately N times; the table then gives each side's median over the rounds and
 the lowest and highest of the per-round ratios, which is the honest spread of the comparison.
@@ -62,6 +67,13 @@ def parse_args():
         type=int,
         default=1,
         help="run the crate and PyTorch alternately this many times (not with --crate-json)",
+    )
+    parser.add_argument(
+        "--from-outside",
+        action="store_true",
+        help="the crate's calls made from the main thread, outside any rayon pool, as PyTorch's"
+        " are (bench_json --from-outside, run once per thread count); by default they are made"
+        " on a thread of the pool",
     )
     parser.add_argument("--json-out", help="also write every measurement here as JSON lines")
     args = parser.parse_args()
@@ -168,16 +180,23 @@ def crate_measurements(args):
                 command += ["--features", "half"]
             command += ["--example", "bench_json", "--"]
         command += [
-            "--threads", args.threads,
             "--shapes", args.shapes,
             "--types", args.types,
             "--ops", "forward,backward",
             "--samples", str(args.samples),
             "--sample-ms", str(args.sample_ms),
         ]  # fmt: skip
-        text = subprocess.run(
-            command, cwd=root, check=True, stdout=subprocess.PIPE, text=True
-        ).stdout
+        # From outside, bench_json builds rayon's global pool: one thread count per run.
+        if args.from_outside:
+            runs = [["--from-outside", "--threads", t] for t in args.threads.split(",")]
+        else:
+            runs = [["--threads", args.threads]]
+        text = "".join(
+            subprocess.run(
+                command + run, cwd=root, check=True, stdout=subprocess.PIPE, text=True
+            ).stdout
+            for run in runs
+        )
     results = []
     for line in text.splitlines():
         if line.strip():
