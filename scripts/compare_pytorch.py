@@ -81,6 +81,8 @@ def parse_args():
         parser.error("--rounds must be at least 1")
     if args.rounds > 1 and args.crate_json:
         parser.error("--rounds alternates with fresh crate runs: drop --crate-json")
+    if args.from_outside and args.crate_json:
+        parser.error("--from-outside is how bench_json is run: drop --crate-json")
     return args
 
 

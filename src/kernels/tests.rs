@@ -828,12 +828,6 @@ mod half_rows {
         });
     }
 
-    /// NaNs in `y` and `dx` keep their bits: one carried from a gain or bias NaN with payload
-    /// in its lower bits (which bf16's shorter rounding, `Storage::store_plain_nans`, would
-    /// round into its upper ones, so such a layer runs the general loops), and those the
-    /// arithmetic makes from an infinite gain (on `x̂ = 0` in the forward; in the backward's
-    /// sums). Compared with the f32 kernels' results on the same instruction set, rounded lane
-    /// by lane; each case has one source of NaN, so the f32 results' NaN bits are determined.
     /// `y`, the means and the inverse standard deviations of the forward pass on `arch`.
     fn forward_on<H: HalfElement + Storage<Wide = f32>>(
         arch: pulp::Arch,
@@ -855,6 +849,12 @@ mod half_rows {
         (y, means, inv_stds)
     }
 
+    /// NaNs in `y` and `dx` keep their bits: one carried from a gain or bias NaN with payload
+    /// in its lower bits (which bf16's shorter rounding, `Storage::store_plain_nans`, would
+    /// round into its upper ones, so such a layer runs the general loops), and those the
+    /// arithmetic makes from an infinite gain (on `x̂ = 0` in the forward; in the backward's
+    /// sums). Compared with the f32 kernels' results on the same instruction set, rounded lane
+    /// by lane; each case has one source of NaN, so the f32 results' NaN bits are determined.
     fn check_nan_bits<H: HalfElement + Storage<Wide = f32>>() {
         let payload = f32::from_bits(0x7FC0_FFFF);
         let bits =

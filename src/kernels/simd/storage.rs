@@ -84,8 +84,8 @@ pub(crate) trait Storage: Element + Pod {
     /// an output: it makes the row's sums NaN, and the row goes to the scalar specification,
     /// which reads the row again. So a signaling NaN need not come out quiet. For bf16 on
     /// aarch64 that is one instruction fewer per vector (the `fmax` of its widening); every
-    /// other type loads as [`Storage::load`] does. Not for the backward pass, whose fast rows
-    /// can hold NaNs in `x` or `dy` (the statistics it is given are finite, not `x`).
+    /// other type loads as [`Storage::load`] does. Not for the backward pass: its fast rows are
+    /// those whose saved statistics are finite, and their `x` or `dy` may still hold NaNs.
     #[inline(always)]
     fn load_unquieted<S: Simd>(
         simd: S,
