@@ -1,5 +1,7 @@
 //! The driver: from a batch of rows (a job value of `kernels`) to kernel calls, on the calling
-//! thread or cut into tasks across rayon's threads by one recursive split.
+//! thread or cut into tasks across rayon's threads: by one recursive split on a thread of a
+//! pool, or from the front of the batch by the calling thread and helpers from rayon's global
+//! pool when the caller is outside every pool.
 //!
 //! Buffers here are contiguous row-major slices holding whole rows of `dim` elements; the
 //! ndarray side (layouts, shapes, validation) is `norm.rs`'s job.
@@ -67,11 +69,22 @@ fn run<J: RowJob>(job: J) {
     #[cfg(feature = "rayon")]
     if let Some(rows_per_task) = task_rows(job.rows(), job.dim(), rayon::current_num_threads()) {
         return match schedule() {
-            Schedule::Steal => split(job, rows_per_task),
+            Schedule::Steal => run_in_tasks(job, rows_per_task),
             Schedule::Static => run_in_shares(job, rayon::current_num_threads()),
         };
     }
     job.run();
+}
+
+/// Runs `job` in tasks of about `rows_per_task` rows, taken by whichever thread is free: on a
+/// thread of a pool, by [`split`]; on a thread outside every pool, by [`with_caller`].
+#[cfg(feature = "rayon")]
+fn run_in_tasks<J: RowJob>(job: J, rows_per_task: usize) {
+    if rayon::current_thread_index().is_some() {
+        split(job, rows_per_task)
+    } else {
+        with_caller(job, rows_per_task)
+    }
 }
 
 /// How a parallel job's rows are given to the threads.
@@ -130,14 +143,65 @@ fn run_in_shares<J: RowJob>(job: J, shares: usize) {
     });
 }
 
-/// Runs `work` on a thread of rayon's pool: at once on a thread of a pool, else handed to the
-/// global pool and waited for. A call that goes parallel more than once (the backward pass's
-/// rows, then its combination of gradient sums) hands its work over once: from a thread
-/// outside the pool, each parallel region would otherwise be handed over and waited for on
-/// its own.
+/// [`run_in_tasks`] on a thread outside every pool (a program's main thread): the calling
+/// thread and helpers handed to the global pool take tasks of `rows_per_task` rows (rounded
+/// up to aligned rows) from the front of the job, in row order, until none is left.
+///
+/// Handing the whole job to the pool, as `rayon::join` or `rayon::scope` do from outside,
+/// leaves the caller asleep while a worker wakes, and after the last task until it is woken
+/// itself: on the 2-core VM that cost 2–36 µs per call of about 100 µs (BENCHMARKS.md). Here
+/// the caller starts at once and helpers join in as they wake; they are one fewer than the
+/// pool's threads, so as many threads work as in the pool. When no task is left, the caller
+/// spins until the helpers' last tasks are done, for at most twice its own longest task (a
+/// helper's last task began before the caller ran out), and only then waits for the helpers
+/// as rayon does, asleep. A helper that wakes after the last task has been taken has nothing
+/// to do, but the caller still waits for it to start.
 #[cfg(feature = "rayon")]
-fn in_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| work())
+fn with_caller<J: RowJob>(job: J, rows_per_task: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::time::{Duration, Instant};
+    let align = job.align();
+    let rows_per_task = rows_per_task.div_ceil(align).max(1) * align;
+    let tasks = job.rows().div_ceil(rows_per_task);
+    let rest = std::sync::Mutex::new(Some(job));
+    let next_task = || {
+        let mut rest = rest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let job = rest.take()?;
+        if job.rows() <= rows_per_task {
+            return Some(job);
+        }
+        let (task, after) = job.split_at(rows_per_task);
+        *rest = Some(after);
+        Some(task)
+    };
+    // Only a hint for the caller's spin: the scope's end is what orders the tasks' writes
+    // before the return.
+    let finished = AtomicUsize::new(0);
+    // Runs tasks until none is left; the longest one's time.
+    let take_tasks = || {
+        let mut longest = Duration::ZERO;
+        while let Some(task) = next_task() {
+            let start = Instant::now();
+            task.run();
+            longest = longest.max(start.elapsed());
+            finished.fetch_add(1, Relaxed);
+        }
+        longest
+    };
+    rayon::in_place_scope(|scope| {
+        for _ in 1..rayon::current_num_threads().min(tasks) {
+            scope.spawn(|_| {
+                take_tasks();
+            });
+        }
+        let longest = take_tasks();
+        let out_of_tasks = Instant::now();
+        while finished.load(Relaxed) < tasks && out_of_tasks.elapsed() < 2 * longest {
+            std::hint::spin_loop();
+        }
+    });
 }
 
 /// Halves `job` at an aligned row until the pieces hold at most `rows_per_task` rows.
@@ -323,14 +387,15 @@ impl<A: Element> RowJob for BlockedBackward<'_, A> {
     }
 }
 
-/// Columns per task when the group sums are combined: column `j` of the totals only ever sees
-/// column `j` of the groups, so columns are combined in parallel, each in the serial order.
+/// Columns per task when the group sums are combined are a multiple of this.
 #[cfg(feature = "rayon")]
 const COMBINE_COLUMNS: usize = 128;
 
 /// Adds the groups' sums (one row of `dim` per group of `group_rows` rows) into `totals` as
 /// the serial path does: each gradient block's sum formed from zero, its groups in order
-/// (a block that is one group is that group's sums), the blocks added in order.
+/// (a block that is one group is that group's sums), the blocks added in order. Column `j` of
+/// the totals only ever sees column `j` of the groups, so the columns are cut into tasks,
+/// each combined in the serial order.
 #[cfg(feature = "rayon")]
 fn combine_groups<S>(
     partials: &SumBuffers<S>,
@@ -340,40 +405,106 @@ fn combine_groups<S>(
 ) where
     S: Copy + Send + Sync + std::ops::Add<Output = S> + num_traits::Zero,
 {
-    use rayon::prelude::*;
-    let groups_per_block = GRAD_BLOCK_ROWS / group_rows;
-    for (total, sums) in [
-        (totals.gain.as_deref_mut(), &partials.gain),
-        (totals.bias.as_deref_mut(), &partials.bias),
-    ] {
-        let (Some(total), Some(sums)) = (total, sums) else {
-            continue;
+    let job = CombineColumns {
+        gradients: [
+            totals.gain.as_deref_mut().zip(partials.gain.as_deref()),
+            totals.bias.as_deref_mut().zip(partials.bias.as_deref()),
+        ],
+        first: 0,
+        columns: dim,
+        dim,
+        group_rows,
+    };
+    // At least MIN_TASK_ELEMENTS additions per task, so that a few blocks' sums are combined
+    // on the calling thread; a few tasks per thread.
+    let threads = rayon::current_num_threads();
+    let columns_per_task = dim
+        .div_ceil(threads * TASKS_PER_THREAD)
+        .max(MIN_TASK_ELEMENTS.div_ceil(job.dim().max(1)))
+        .next_multiple_of(COMBINE_COLUMNS);
+    if threads <= 1 || columns_per_task >= dim {
+        return job.run();
+    }
+    run_in_tasks(job, columns_per_task);
+}
+
+/// Columns `first..first + columns` of the parameter-gradient totals, to be combined from the
+/// groups' sums: a job [`combine_groups`] cuts by columns (its "rows").
+#[cfg(feature = "rayon")]
+struct CombineColumns<'a, S> {
+    /// For each gradient wanted: the totals' columns, and every group's sums (one row of `dim`
+    /// per group).
+    gradients: [Option<(&'a mut [S], &'a [S])>; 2],
+    first: usize,
+    columns: usize,
+    dim: usize,
+    group_rows: usize,
+}
+
+#[cfg(feature = "rayon")]
+impl<S> RowJob for CombineColumns<'_, S>
+where
+    S: Copy + Send + Sync + std::ops::Add<Output = S> + num_traits::Zero,
+{
+    fn align(&self) -> usize {
+        COMBINE_COLUMNS
+    }
+
+    fn rows(&self) -> usize {
+        self.columns
+    }
+
+    /// Additions per column.
+    fn dim(&self) -> usize {
+        let groups = self
+            .gradients
+            .iter()
+            .flatten()
+            .map(|(_, sums)| sums.len() / self.dim);
+        groups.sum()
+    }
+
+    fn split_at(self, column: usize) -> (Self, Self) {
+        let [gain, bias] = self.gradients.map(|gradient| match gradient {
+            Some((total, sums)) => {
+                let (left, right) = total.split_at_mut(column);
+                (Some((left, sums)), Some((right, sums)))
+            }
+            None => (None, None),
+        });
+        let left = CombineColumns {
+            gradients: [gain.0, bias.0],
+            columns: column,
+            ..self
         };
-        let groups = sums.len() / dim;
-        // Column chunks per task: at least MIN_TASK_ELEMENTS additions each, so that a few
-        // blocks' sums are combined on the calling thread.
-        let chunks_per_task = MIN_TASK_ELEMENTS.div_ceil(groups * COMBINE_COLUMNS);
-        total
-            .par_chunks_mut(COMBINE_COLUMNS)
-            .with_min_len(chunks_per_task)
-            .enumerate()
-            .for_each(|(chunk, total)| {
-                let first = chunk * COMBINE_COLUMNS;
-                let columns = total.len();
-                let group = |g: usize| &sums[g * dim + first..][..columns];
-                if groups_per_block == 1 {
-                    (0..groups).for_each(|g| add_into(total, group(g)));
-                    return;
+        let right = CombineColumns {
+            gradients: [gain.1, bias.1],
+            first: self.first + column,
+            columns: self.columns - column,
+            ..self
+        };
+        (left, right)
+    }
+
+    fn run(self) {
+        let groups_per_block = GRAD_BLOCK_ROWS / self.group_rows;
+        let (first, columns) = (self.first, self.columns);
+        for (total, sums) in self.gradients.into_iter().flatten() {
+            let groups = sums.len() / self.dim;
+            let group = |g: usize| &sums[g * self.dim + first..][..columns];
+            if groups_per_block == 1 {
+                (0..groups).for_each(|g| add_into(total, group(g)));
+                continue;
+            }
+            let mut block = vec![S::zero(); columns];
+            for start in (0..groups).step_by(groups_per_block) {
+                block.fill(S::zero());
+                for g in start..(start + groups_per_block).min(groups) {
+                    add_into(&mut block, group(g));
                 }
-                let mut block = vec![S::zero(); columns];
-                for start in (0..groups).step_by(groups_per_block) {
-                    block.fill(S::zero());
-                    for g in start..(start + groups_per_block).min(groups) {
-                        add_into(&mut block, group(g));
-                    }
-                    add_into(total, &block);
-                }
-            });
+                add_into(total, &block);
+            }
+        }
     }
 }
 
@@ -500,20 +631,18 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
         };
         let groups = rows.div_ceil(group_rows);
         let mut partials = SumBuffers::<A::Stat>::new(&totals, groups * dim);
-        in_pool(|| {
-            run(BlockedBackward {
-                job: BackwardJob {
-                    rows: inputs,
-                    out: BackwardOut {
-                        dx,
-                        dsum,
-                        sums: partials.sums(),
-                    },
+        run(BlockedBackward {
+            job: BackwardJob {
+                rows: inputs,
+                out: BackwardOut {
+                    dx,
+                    dsum,
+                    sums: partials.sums(),
                 },
-                group_rows,
-            });
-            combine_groups(&partials, &mut totals, dim, group_rows);
+            },
+            group_rows,
         });
+        combine_groups(&partials, &mut totals, dim, group_rows);
         return;
     }
     // On the calling thread: one block's sums at a time, added to the totals as they come.
@@ -537,7 +666,7 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
 
 #[cfg(all(test, feature = "rayon"))]
 mod tests {
-    use super::{stores_for, task_rows, GRAD_BLOCK_ROWS};
+    use super::{run_in_tasks, stores_for, task_rows, RowJob, GRAD_BLOCK_ROWS};
     use crate::element::Element;
     use crate::kernels::stream::Stores;
 
@@ -622,10 +751,122 @@ mod tests {
                 found, counts,
                 "{rows}x{dim} on {threads} threads, {task} rows a task"
             );
+            // From outside every pool (`with_caller`): as many tasks, cut from the front.
+            let from_outside = (
+                rows.div_ceil(task),
+                rows.div_ceil(task.next_multiple_of(group)),
+            );
+            assert_eq!(from_outside, counts, "{rows}x{dim} on {threads} threads");
             assert!(
                 found.0 >= threads.min(rows * dim / (1 << 14)),
                 "{rows}x{dim}"
             );
         }
+    }
+
+    /// Rows `first..first + rows` of a job that records the rows each task ran, and on which
+    /// thread (rayon's index; `None` outside every pool).
+    struct Recorded<'a> {
+        first: usize,
+        rows: usize,
+        align: usize,
+        seen: &'a std::sync::Mutex<Vec<(usize, usize, Option<usize>)>>,
+    }
+
+    impl RowJob for Recorded<'_> {
+        fn align(&self) -> usize {
+            self.align
+        }
+
+        fn rows(&self) -> usize {
+            self.rows
+        }
+
+        fn dim(&self) -> usize {
+            1
+        }
+
+        fn split_at(self, row: usize) -> (Self, Self) {
+            assert!(row.is_multiple_of(self.align) && row <= self.rows, "{row}");
+            let right = Recorded {
+                first: self.first + row,
+                rows: self.rows - row,
+                ..self
+            };
+            (Recorded { rows: row, ..self }, right)
+        }
+
+        fn run(self) {
+            let task = (self.first, self.rows, rayon::current_thread_index());
+            self.seen.lock().expect("no task panics").push(task);
+        }
+    }
+
+    /// The tasks `run_in_tasks` runs for a job of `rows` rows aligned to `align`, in tasks of
+    /// about `task` rows, called from outside every pool (the test's thread) or on a thread of
+    /// a pool of `threads`: (first row, rows, thread), sorted by first row.
+    fn ran(
+        rows: usize,
+        align: usize,
+        task: usize,
+        pool: Option<usize>,
+    ) -> Vec<(usize, usize, Option<usize>)> {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let job = Recorded {
+            first: 0,
+            rows,
+            align,
+            seen: &seen,
+        };
+        match pool {
+            None => run_in_tasks(job, task),
+            Some(threads) => rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a pool")
+                .install(|| run_in_tasks(job, task)),
+        }
+        let mut tasks = seen.into_inner().expect("no task panics");
+        tasks.sort_unstable();
+        tasks
+    }
+
+    /// However it is called, every row is run exactly once, in tasks that start at aligned
+    /// rows and hold at most `task` rows (rounded up to aligned rows); from outside every
+    /// pool, the tasks are cut from the front, all of `task` rows but the last, and the
+    /// calling thread takes part.
+    #[test]
+    fn tasks_cover_every_row_once_at_aligned_rows() {
+        for (rows, align, task) in [
+            (1usize, 1usize, 1usize),
+            (100, 1, 7),
+            (512, 64, 64),
+            (520, 8, 16),
+            (64, 8, 8),
+            (1000, 64, 1),
+            (4096, 1, 16),
+        ] {
+            let rounded = task.next_multiple_of(align);
+            for pool in [None, Some(1), Some(3)] {
+                let tasks = ran(rows, align, task, pool);
+                let mut next = 0;
+                for &(first, length, _) in &tasks {
+                    assert_eq!(first, next, "{rows} rows, {pool:?}: {tasks:?}");
+                    assert!(first.is_multiple_of(align) && length > 0 && length <= rounded);
+                    next += length;
+                }
+                assert_eq!(next, rows, "{rows} rows, {pool:?}");
+                if pool.is_none() {
+                    assert_eq!(tasks.len(), rows.div_ceil(rounded), "{rows} rows");
+                    assert!(tasks[..tasks.len() - 1].iter().all(|t| t.1 == rounded));
+                }
+            }
+        }
+        // Enough tasks for many to be left when the helpers start: the caller takes some.
+        let tasks = ran(4096, 1, 1, None);
+        assert!(
+            tasks.iter().any(|task| task.2.is_none()),
+            "the caller ran no task"
+        );
     }
 }
