@@ -14,6 +14,12 @@
 
 use crate::element::Element;
 use crate::kernels::{add_into, BackwardJob, BackwardOut, CutAt, ForwardRows, GradSums, Stores};
+#[cfg(feature = "rayon")]
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+#[cfg(feature = "rayon")]
+use std::sync::{Mutex, PoisonError};
+#[cfg(feature = "rayon")]
+use std::time::{Duration, Instant};
 
 /// Rows per block of the parameter-gradient reduction. Part of the numerical result: changing
 /// it changes the rounding of `dgain` and `dbias` (never which threads see which block).
@@ -83,7 +89,7 @@ fn run_in_tasks<J: RowJob>(job: J, rows_per_task: usize) {
     if rayon::current_thread_index().is_some() {
         split(job, rows_per_task)
     } else {
-        with_caller(job, rows_per_task)
+        with_caller(job, rows_per_task, rayon::current_num_threads())
     }
 }
 
@@ -143,65 +149,96 @@ fn run_in_shares<J: RowJob>(job: J, shares: usize) {
     });
 }
 
-/// [`run_in_tasks`] on a thread outside every pool (a program's main thread): the calling
-/// thread and helpers handed to the global pool take tasks of `rows_per_task` rows (rounded
+/// [`run_in_tasks`] on a thread outside every pool (a program's main thread) whose global
+/// pool has `threads` threads: the calling thread and helpers handed to that pool take tasks of `rows_per_task` rows (rounded
 /// up to aligned rows) from the front of the job, in row order, until none is left.
 ///
 /// Handing the whole job to the pool, as `rayon::join` or `rayon::scope` do from outside,
 /// leaves the caller asleep while a worker wakes, and after the last task until it is woken
 /// itself: on the 2-core VM that cost 2–36 µs per call of about 100 µs (BENCHMARKS.md). Here
 /// the caller starts at once and helpers join in as they wake; they are one fewer than the
-/// pool's threads, so as many threads work as in the pool. When no task is left, the caller
-/// spins until the helpers' last tasks are done, for at most twice its own longest task (a
-/// helper's last task began before the caller ran out), and only then waits for the helpers
-/// as rayon does, asleep. A helper that wakes after the last task has been taken has nothing
-/// to do, but the caller still waits for it to start.
+/// pool's threads, so as many threads work as in the pool. The caller spawns one helper, and
+/// each helper that finds tasks left spawns up to two more, so that waking the pool's threads
+/// is shared out rather than all done by the caller, and no helper is spawned once every task
+/// is taken. When no task is left, the caller spins until the helpers' last tasks are done,
+/// for at most twice its own longest task (a helper's last task began before the caller ran
+/// out), and only then waits for the helpers as rayon does, asleep.
 #[cfg(feature = "rayon")]
-fn with_caller<J: RowJob>(job: J, rows_per_task: usize) {
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-    use std::time::{Duration, Instant};
+fn with_caller<J: RowJob>(job: J, rows_per_task: usize, threads: usize) {
     let align = job.align();
     let rows_per_task = rows_per_task.div_ceil(align).max(1) * align;
     let tasks = job.rows().div_ceil(rows_per_task);
-    let rest = std::sync::Mutex::new(Some(job));
-    let next_task = || {
-        let mut rest = rest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let job = rest.take()?;
-        if job.rows() <= rows_per_task {
-            return Some(job);
-        }
-        let (task, after) = job.split_at(rows_per_task);
-        *rest = Some(after);
-        Some(task)
-    };
-    // Only a hint for the caller's spin: the scope's end is what orders the tasks' writes
-    // before the return.
-    let finished = AtomicUsize::new(0);
-    // Runs tasks until none is left; the longest one's time.
-    let take_tasks = || {
-        let mut longest = Duration::ZERO;
-        while let Some(task) = next_task() {
-            let start = Instant::now();
-            task.run();
-            longest = longest.max(start.elapsed());
-            finished.fetch_add(1, Relaxed);
-        }
-        longest
+    let shared = SharedTasks {
+        rest: Mutex::new(Some(job)),
+        rows_per_task,
+        finished: AtomicUsize::new(0),
+        helpers_left: AtomicUsize::new(threads.min(tasks).saturating_sub(1)),
     };
     rayon::in_place_scope(|scope| {
-        for _ in 1..rayon::current_num_threads().min(tasks) {
-            scope.spawn(|_| {
-                take_tasks();
-            });
-        }
-        let longest = take_tasks();
+        shared.spawn_helpers(scope, 1);
+        let longest = shared.take_tasks();
         let out_of_tasks = Instant::now();
-        while finished.load(Relaxed) < tasks && out_of_tasks.elapsed() < 2 * longest {
+        while shared.finished.load(Relaxed) < tasks && out_of_tasks.elapsed() < 2 * longest {
             std::hint::spin_loop();
         }
     });
+}
+
+/// The state [`with_caller`]'s threads share. The counters are only hints (for spawning and
+/// the caller's spin): the scope's end is what orders the tasks' writes before the return.
+#[cfg(feature = "rayon")]
+struct SharedTasks<J> {
+    /// The rows no thread has taken yet.
+    rest: Mutex<Option<J>>,
+    rows_per_task: usize,
+    /// Tasks finished.
+    finished: AtomicUsize,
+    /// Helpers that may still be spawned.
+    helpers_left: AtomicUsize,
+}
+
+#[cfg(feature = "rayon")]
+impl<J: RowJob> SharedTasks<J> {
+    /// Spawns up to `count` helpers while tasks are left and the pool has threads for them.
+    fn spawn_helpers<'scope>(&'scope self, scope: &rayon::Scope<'scope>, count: usize) {
+        for _ in 0..count {
+            let tasks_left = self.rest.lock().map_or(true, |rest| rest.is_some());
+            let helper = self
+                .helpers_left
+                .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(1));
+            if !tasks_left || helper.is_err() {
+                return;
+            }
+            scope.spawn(move |scope| {
+                self.spawn_helpers(scope, 2);
+                self.take_tasks();
+            });
+        }
+    }
+
+    /// The next task: the first `rows_per_task` rows not yet taken.
+    fn next_task(&self) -> Option<J> {
+        let mut rest = self.rest.lock().unwrap_or_else(PoisonError::into_inner);
+        let job = rest.take()?;
+        if job.rows() <= self.rows_per_task {
+            return Some(job);
+        }
+        let (task, after) = job.split_at(self.rows_per_task);
+        *rest = Some(after);
+        Some(task)
+    }
+
+    /// Runs tasks until none is left; the longest one's time.
+    fn take_tasks(&self) -> Duration {
+        let mut longest = Duration::ZERO;
+        while let Some(task) = self.next_task() {
+            let start = Instant::now();
+            task.run();
+            longest = longest.max(start.elapsed());
+            self.finished.fetch_add(1, Relaxed);
+        }
+        longest
+    }
 }
 
 /// Halves `job` at an aligned row until the pieces hold at most `rows_per_task` rows.
@@ -666,7 +703,7 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
 
 #[cfg(all(test, feature = "rayon"))]
 mod tests {
-    use super::{run_in_tasks, stores_for, task_rows, RowJob, GRAD_BLOCK_ROWS};
+    use super::{run_in_tasks, stores_for, task_rows, with_caller, RowJob, GRAD_BLOCK_ROWS};
     use crate::element::Element;
     use crate::kernels::stream::Stores;
 
@@ -802,14 +839,25 @@ mod tests {
         }
     }
 
-    /// The tasks `run_in_tasks` runs for a job of `rows` rows aligned to `align`, in tasks of
-    /// about `task` rows, called from outside every pool (the test's thread) or on a thread of
-    /// a pool of `threads`: (first row, rows, thread), sorted by first row.
+    /// How [`ran`] calls the driver.
+    #[derive(Clone, Copy, Debug)]
+    enum Caller {
+        /// `run_in_tasks` from the test's thread, outside every pool.
+        Outside,
+        /// `with_caller` from the test's thread as if the global pool had this many threads:
+        /// helpers spawn helpers up to that count (they queue on the real pool).
+        OutsideWithHelpers(usize),
+        /// `run_in_tasks` on a thread of a pool of this many threads.
+        InPool(usize),
+    }
+
+    /// The tasks the driver runs for a job of `rows` rows aligned to `align`, in tasks of about
+    /// `task` rows, called as `caller` says: (first row, rows, thread), sorted by first row.
     fn ran(
         rows: usize,
         align: usize,
         task: usize,
-        pool: Option<usize>,
+        caller: Caller,
     ) -> Vec<(usize, usize, Option<usize>)> {
         let seen = std::sync::Mutex::new(Vec::new());
         let job = Recorded {
@@ -818,9 +866,10 @@ mod tests {
             align,
             seen: &seen,
         };
-        match pool {
-            None => run_in_tasks(job, task),
-            Some(threads) => rayon::ThreadPoolBuilder::new()
+        match caller {
+            Caller::Outside => run_in_tasks(job, task),
+            Caller::OutsideWithHelpers(threads) => with_caller(job, task, threads),
+            Caller::InPool(threads) => rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .expect("a pool")
@@ -847,26 +896,31 @@ mod tests {
             (4096, 1, 16),
         ] {
             let rounded = task.next_multiple_of(align);
-            for pool in [None, Some(1), Some(3)] {
-                let tasks = ran(rows, align, task, pool);
+            for caller in [
+                Caller::Outside,
+                Caller::OutsideWithHelpers(8),
+                Caller::InPool(1),
+                Caller::InPool(3),
+            ] {
+                let tasks = ran(rows, align, task, caller);
                 let mut next = 0;
                 for &(first, length, _) in &tasks {
-                    assert_eq!(first, next, "{rows} rows, {pool:?}: {tasks:?}");
+                    assert_eq!(first, next, "{rows} rows, {caller:?}: {tasks:?}");
                     assert!(first.is_multiple_of(align) && length > 0 && length <= rounded);
                     next += length;
                 }
-                assert_eq!(next, rows, "{rows} rows, {pool:?}");
-                if pool.is_none() {
+                assert_eq!(next, rows, "{rows} rows, {caller:?}");
+                if !matches!(caller, Caller::InPool(_)) {
                     assert_eq!(tasks.len(), rows.div_ceil(rounded), "{rows} rows");
                     assert!(tasks[..tasks.len() - 1].iter().all(|t| t.1 == rounded));
                 }
             }
         }
         // Enough tasks for many to be left when the helpers start: the caller takes some.
-        let tasks = ran(4096, 1, 1, None);
-        assert!(
-            tasks.iter().any(|task| task.2.is_none()),
-            "the caller ran no task"
-        );
+        for caller in [Caller::Outside, Caller::OutsideWithHelpers(8)] {
+            let tasks = ran(4096, 1, 1, caller);
+            let by_caller = tasks.iter().any(|task| task.2.is_none());
+            assert!(by_caller, "{caller:?}: the caller ran no task");
+        }
     }
 }
