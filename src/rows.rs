@@ -150,8 +150,9 @@ fn run_in_shares<J: RowJob>(job: J, shares: usize) {
 }
 
 /// [`run_in_tasks`] on a thread outside every pool (a program's main thread) whose global
-/// pool has `threads` threads: the calling thread and helpers handed to that pool take tasks of `rows_per_task` rows (rounded
-/// up to aligned rows) from the front of the job, in row order, until none is left.
+/// pool has `threads` threads: the calling thread and helpers handed to that pool take tasks
+/// of `rows_per_task` rows (rounded up to aligned rows) from the front of the job, in row
+/// order, until none is left.
 ///
 /// Handing the whole job to the pool, as `rayon::join` or `rayon::scope` do from outside,
 /// leaves the caller asleep while a worker wakes, and after the last task until it is woken
