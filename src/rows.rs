@@ -51,9 +51,16 @@ pub(crate) fn task_rows(rows: usize, dim: usize, threads: usize) -> Option<usize
     if threads <= 1 || rows * dim < PARALLEL_MIN_ELEMENTS {
         return None;
     }
+    Some(task_size(rows, dim, threads))
+}
+
+/// Rows per task for `threads` threads: enough tasks for [`TASKS_PER_THREAD`] per thread, none
+/// smaller than [`MIN_TASK_ELEMENTS`] elements, at least one row.
+#[cfg(feature = "rayon")]
+fn task_size(rows: usize, dim: usize, threads: usize) -> usize {
     let for_every_thread = rows.div_ceil(threads * TASKS_PER_THREAD);
-    let smallest = MIN_TASK_ELEMENTS.div_ceil(dim);
-    Some(for_every_thread.max(smallest).max(1))
+    let smallest = MIN_TASK_ELEMENTS.div_ceil(dim.max(1));
+    for_every_thread.max(smallest).max(1)
 }
 
 /// A batch of rows the driver can cut into tasks.
@@ -204,10 +211,13 @@ impl<J: RowJob> SharedTasks<J> {
     fn spawn_helpers<'scope>(&'scope self, scope: &rayon::Scope<'scope>, count: usize) {
         for _ in 0..count {
             let tasks_left = self.rest.lock().map_or(true, |rest| rest.is_some());
-            let helper = self
-                .helpers_left
-                .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(1));
-            if !tasks_left || helper.is_err() {
+            let helper = || {
+                let take = |left: usize| left.checked_sub(1);
+                self.helpers_left
+                    .fetch_update(Relaxed, Relaxed, take)
+                    .is_ok()
+            };
+            if !(tasks_left && helper()) {
                 return;
             }
             scope.spawn(move |scope| {
@@ -456,10 +466,7 @@ fn combine_groups<S>(
     // At least MIN_TASK_ELEMENTS additions per task, so that a few blocks' sums are combined
     // on the calling thread; a few tasks per thread.
     let threads = rayon::current_num_threads();
-    let columns_per_task = dim
-        .div_ceil(threads * TASKS_PER_THREAD)
-        .max(MIN_TASK_ELEMENTS.div_ceil(job.dim().max(1)))
-        .next_multiple_of(COMBINE_COLUMNS);
+    let columns_per_task = task_size(dim, job.dim(), threads).next_multiple_of(COMBINE_COLUMNS);
     if threads <= 1 || columns_per_task >= dim {
         return job.run();
     }
