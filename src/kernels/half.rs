@@ -10,8 +10,9 @@
 //! elsewhere, and for f16 on an x86-64 CPU without F16C, one lane at a time. All give the bits
 //! of the `half` crate's `to_f32` / `from_f32` (round to nearest, ties to even; NaN made
 //! quiet), which the tests below check for every half value and for f32 values across their
-//! whole range. On AVX-512 machines these kernels run on AVX2 vectors
-//! ([`Storage::AT_MOST_AVX2`]): the same bits, the conversions written once.
+//! whole range. On AVX-512 (`pulp::x86::V4`) sixteen values at a time, from the row's values
+//! (not pieces): f16 by AVX-512F's own conversions, bf16 by the integer operations of AVX2 on
+//! 512-bit vectors ([`HalfElement::widen_v4`]); the same bits as on AVX2.
 //!
 //! On those two instruction sets ([`isa`]) a row's full vectors are pieces of one vector's
 //! half values ([`HalfElement::Pieces`]) that carry what their conversion needs (for f16 on
@@ -31,8 +32,8 @@ use isa::{Piece, Token, Wide};
 use pulp::Simd;
 #[cfg(target_arch = "x86_64")]
 use {
-    pulp::x86::V3,
-    std::arch::x86_64::{__m128i, __m256, __m256i},
+    pulp::x86::{V3, V4},
+    std::arch::x86_64::{__m128i, __m256, __m256i, __m512, __m512i},
 };
 
 /// The instruction set the half conversions are written for (pulp's token for it), its f32
@@ -75,6 +76,19 @@ pub(crate) trait HalfElement: Element<Stat = f32, Compute = f32> + bytemuck::Pod
     type PiecesMut<'a>: WritePieces<'a, Self::Proof>;
     /// The proof, where this CPU has what the piece conversions need (checked once).
     fn proof() -> Option<Self::Proof>;
+    /// Sixteen values (the bits in `bits`) widened to f32 on AVX-512: the bits of the AVX2
+    /// piece conversions.
+    #[cfg(target_arch = "x86_64")]
+    fn widen_v4(simd: V4, bits: __m256i) -> __m512;
+    /// Sixteen f32 rounded on AVX-512: the bits of [`HalfElement::narrow_one`].
+    #[cfg(target_arch = "x86_64")]
+    fn narrow_v4(simd: V4, values: __m512) -> __m256i;
+    /// [`HalfElement::narrow_v4`] for the values [`Storage::store_plain_nans`] is used for.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn narrow_v4_plain(simd: V4, values: __m512) -> __m256i {
+        Self::narrow_v4(simd, values)
+    }
 }
 
 /// A row's full vectors as pieces that convert on [`isa::Token`]'s instruction set.
@@ -264,6 +278,50 @@ impl HalfElement for half::bf16 {
     fn proof() -> Option<()> {
         Some(())
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn widen_v4(simd: V4, bits: __m256i) -> __m512 {
+        let f = simd.avx512f;
+        f._mm512_castsi512_ps(f._mm512_slli_epi32::<16>(f._mm512_cvtepu16_epi32(bits)))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn narrow_v4(simd: V4, values: __m512) -> __m256i {
+        let f = simd.avx512f;
+        let bits = f._mm512_castps_si512(values);
+        let quiet = f._mm512_or_si512(bits, f._mm512_set1_epi32(0x0040_0000));
+        // Unordered with itself: NaN.
+        let is_nan = f._mm512_cmp_ps_mask::<3>(values, values);
+        let chosen = f._mm512_mask_blend_epi32(is_nan, bf16_rounded_bits_v4(simd, bits), quiet);
+        upper_halves_v4(simd, chosen)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn narrow_v4_plain(simd: V4, values: __m512) -> __m256i {
+        let bits = simd.avx512f._mm512_castps_si512(values);
+        upper_halves_v4(simd, bf16_rounded_bits_v4(simd, bits))
+    }
+}
+
+/// [`bf16_rounded_bits`] on sixteen lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bf16_rounded_bits_v4(simd: V4, bits: __m512i) -> __m512i {
+    let f = simd.avx512f;
+    let last_kept = f._mm512_and_si512(f._mm512_srli_epi32::<16>(bits), f._mm512_set1_epi32(1));
+    let bias = f._mm512_add_epi32(last_kept, f._mm512_set1_epi32(0x7FFF));
+    f._mm512_add_epi32(bits, bias)
+}
+
+/// The upper halves of sixteen 32-bit lanes, in order.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn upper_halves_v4(simd: V4, lanes: __m512i) -> __m256i {
+    let f = simd.avx512f;
+    f._mm512_cvtepi32_epi16(f._mm512_srli_epi32::<16>(lanes))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -416,6 +474,21 @@ impl HalfElement for half::f16 {
     #[inline(always)]
     fn proof() -> Option<HasF16c> {
         HasF16c::get()
+    }
+
+    /// `vcvtph2ps`, AVX-512F's own (a NaN made quiet, as F16C does).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn widen_v4(simd: V4, bits: __m256i) -> __m512 {
+        simd.avx512f._mm512_cvtph_ps(bits)
+    }
+
+    /// `vcvtps2ph` with immediate 8: round to nearest, ties to even, whatever MXCSR says
+    /// (exceptions suppressed, which changes no bits of the result).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn narrow_v4(simd: V4, values: __m512) -> __m256i {
+        simd.avx512f._mm512_cvtps_ph::<8>(values)
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -590,15 +663,30 @@ fn past_the_pieces(k: usize) -> ! {
     panic!("vector {k} is not one of the row's pieces")
 }
 
-/// Vector `k` of `values`, widened lane by lane.
+/// The AVX-512 token when the kernels run on AVX-512 (a type comparison the compiler resolves).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_v4<S: Simd>(simd: S) -> Option<V4> {
+    (&simd as &dyn std::any::Any).downcast_ref::<V4>().copied()
+}
+
+/// Vector `k` of `values`, widened: sixteen at a time on AVX-512, lane by lane elsewhere.
 #[inline(always)]
 fn widen_lanes<H: HalfElement, S: Simd>(simd: S, values: &[H], k: usize) -> S::f32s {
     let lanes = lanes::<S>();
-    widen_partial(simd, &values[k * lanes..][..lanes])
+    let values = &values[k * lanes..][..lanes];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v4) = as_v4(simd) {
+        let bits: __m256i = bytemuck::pod_read_unaligned(bytemuck::cast_slice(values));
+        return bytemuck::cast(H::widen_v4(v4, bits));
+    }
+    widen_partial(simd, values)
 }
 
 /// Stores vector `k` of a row's full vectors, rounded: into its piece on [`isa`]'s
-/// instruction set (`PLAIN`: by [`WritePieces::narrow_plain`]), lane by lane elsewhere.
+/// instruction set (`PLAIN`: by [`WritePieces::narrow_plain`]), sixteen values at a time on
+/// AVX-512 (`PLAIN`: by [`HalfElement::narrow_v4_plain`]; ordinary stores, see
+/// [`Storage::split_mut`]), lane by lane elsewhere.
 #[inline(always)]
 fn store_vector<H: HalfElement, S: Simd, const PLAIN: bool>(
     simd: S,
@@ -619,7 +707,20 @@ fn store_vector<H: HalfElement, S: Simd, const PLAIN: bool>(
         return;
     }
     let lanes = lanes::<S>();
-    narrow_partial::<H, S>(&mut vectors.values[k * lanes..][..lanes], vector);
+    let values = &mut vectors.values[k * lanes..][..lanes];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v4) = as_v4(simd) {
+        let vector = bytemuck::cast(vector);
+        let bits = if PLAIN {
+            H::narrow_v4_plain(v4, vector)
+        } else {
+            H::narrow_v4(v4, vector)
+        };
+        let bits: [u16; 16] = bytemuck::cast(bits);
+        bytemuck::cast_slice_mut::<H, u16>(values).copy_from_slice(&bits);
+        return;
+    }
+    narrow_partial::<H, S>(values, vector);
 }
 
 /// `values` as pieces on [`isa`]'s instruction set where the CPU has the conversions (`None`
@@ -638,7 +739,6 @@ macro_rules! half_storage {
             /// The row's values, a whole number of vectors.
             type Vectors<'a, S: Simd> = HalfVectors<'a, $half>;
             type VectorsMut<'a, S: Simd> = HalfVectorsMut<'a, $half>;
-            const AT_MOST_AVX2: bool = true;
             const CACHED_LOOP_COPY: bool = true;
             const PLAIN_NAN_STORES: bool = $plain;
 
@@ -706,6 +806,9 @@ macro_rules! half_storage {
                         tail,
                     );
                 }
+                // Lane by lane, and on AVX-512 (whose half loops convert from the values, not
+                // pieces), ordinary stores: streaming stores are never chosen for half outputs
+                // (`Element::STREAMING_STORES`), only forced by `LAYERNORM_STORES`.
                 let _ = stores;
                 let vectors = HalfVectorsMut {
                     values,
@@ -1135,6 +1238,61 @@ mod tests {
             |value| f16::from_f32(value).to_bits(),
             true,
         );
+    }
+
+    /// Sixteen at a time on AVX-512, where the CPU has it, against the one-value conversions
+    /// (the `half` crate's bits, checked above): every half value widened; the f32 patterns
+    /// rounded, and by the plain rounding the patterns it is used for (no NaN but quiet ones
+    /// with clear lower bits). `quiet_nans`: as for [`piece_conversions_match`].
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_conversions_match<H: super::HalfElement>(quiet_nans: bool) {
+        use std::arch::x86_64::{__m256i, __m512};
+        let Some(simd) = pulp::x86::V4::try_new() else {
+            return;
+        };
+        let halves: Vec<u16> = (0..=u16::MAX).collect();
+        for (piece, _) in in_pieces::<u16, 16>(&halves) {
+            let wide: [f32; 16] = bytemuck::cast(H::widen_v4(simd, bytemuck::cast(piece)));
+            for (&half, &wide) in piece.iter().zip(&wide) {
+                let expected = bytemuck::cast::<u16, H>(half).widen_one();
+                let quiet = if quiet_nans { 0 } else { 0x0040_0000 };
+                let found = wide.to_bits() | quiet;
+                assert_eq!(found, expected.to_bits() | quiet, "half {half:#06x}");
+                assert_eq!(wide.is_nan(), expected.is_nan(), "half {half:#06x}");
+            }
+        }
+        let patterns: Vec<f32> = f32_patterns().map(f32::from_bits).collect();
+        let quiet_nans = (0..0x40u32)
+            .flat_map(|payload| [0x7FC0_0000 | (payload << 16), 0xFFC0_0000 | (payload << 16)]);
+        let plain_patterns: Vec<f32> = patterns
+            .iter()
+            .copied()
+            .filter(|value| !value.is_nan())
+            .chain(quiet_nans.map(f32::from_bits))
+            .collect();
+        type Rounding = fn(pulp::x86::V4, __m512) -> __m256i;
+        let roundings: [(&[f32], Rounding); 2] = [
+            (&patterns, H::narrow_v4),
+            (&plain_patterns, H::narrow_v4_plain),
+        ];
+        for (patterns, narrow) in roundings {
+            for (values, count) in in_pieces::<f32, 16>(patterns) {
+                let bits: [u16; 16] = bytemuck::cast(narrow(simd, bytemuck::cast(values)));
+                for (&value, &bits) in values.iter().zip(&bits).take(count) {
+                    let expected: u16 = bytemuck::cast(H::narrow_one(value));
+                    assert_eq!(bits, expected, "f32 {:#010x}", value.to_bits());
+                }
+            }
+        }
+    }
+
+    /// f16 by AVX-512F's conversions (NaN made quiet), bf16 by integer operations (a signaling
+    /// NaN may stay signaling when widened, as on AVX2).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_conversions_match_the_half_crate() {
+        avx512_conversions_match::<f16>(true);
+        avx512_conversions_match::<bf16>(false);
     }
 
     /// Through NEON's conversion instructions.

@@ -708,19 +708,13 @@ pub(crate) fn capped_arch(cap: Option<&str>) -> pulp::Arch {
     }
 }
 
-/// The instruction set for `E`'s kernels: [`arch`], at most AVX2 where
-/// [`Storage::AT_MOST_AVX2`] says so, and without SIMD where the CPU lacks what the type's
-/// AVX2 kernels need ([`Storage::runs_on_avx2`]). Results are the same bits on every one.
+/// The instruction set for `E`'s kernels: [`arch`], or without SIMD where the CPU lacks what
+/// the type's x86-64 SIMD kernels need ([`Storage::runs_on_avx2`]). Results are the same bits
+/// on every one.
 pub(crate) fn arch_for<E: Storage>() -> pulp::Arch {
     match arch() {
         #[cfg(target_arch = "x86_64")]
-        pulp::Arch::V3(_) | pulp::Arch::V4(_) if E::AT_MOST_AVX2 && !E::runs_on_avx2() => {
-            pulp::Arch::Scalar
-        }
-        #[cfg(target_arch = "x86_64")]
-        pulp::Arch::V4(_) if E::AT_MOST_AVX2 => {
-            pulp::x86::V3::try_new().map_or(pulp::Arch::Scalar, pulp::Arch::V3)
-        }
+        pulp::Arch::V3(_) | pulp::Arch::V4(_) if !E::runs_on_avx2() => pulp::Arch::Scalar,
         arch => arch,
     }
 }

@@ -26,11 +26,6 @@ pub(crate) trait Storage: Element + Pod {
     type VectorsMut<'a, S: Simd>
     where
         Self: 'a;
-    /// Whether the kernels run at most 256-bit vectors for this type (AVX2 on an AVX-512
-    /// machine): the half conversions are written for AVX2. The result is the same bits.
-    /// (Read by the x86-64 dispatcher only.)
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    const AT_MOST_AVX2: bool;
     /// Whether the forward compiles its row loops twice: a common copy for ordinary stores
     /// only (which then tests no store choice per vector, and rounds by
     /// [`Storage::store_plain_nans`] where the layer's parameters hold no NaN; see the
@@ -42,8 +37,9 @@ pub(crate) trait Storage: Element + Pod {
     /// Whether [`Storage::store_plain_nans`] is shorter than [`Storage::store`] (bf16 on AVX2):
     /// the backward then compiles its row loops a second time to use it.
     const PLAIN_NAN_STORES: bool;
-    /// Whether this CPU has what the type's AVX2 kernels need beyond AVX2 and FMA (f16: F16C;
-    /// every AVX2 CPU known has it). Where it does not, the type's kernels run without SIMD.
+    /// Whether this CPU has what the type's x86-64 SIMD kernels (AVX2 and AVX-512) need beyond
+    /// the instruction set itself (f16: F16C; every AVX2 CPU known has it). Where it does not,
+    /// the type's kernels run without SIMD.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn runs_on_avx2() -> bool;
 
@@ -163,7 +159,6 @@ macro_rules! plain_storage {
             type Wide = $float;
             type Vectors<'a, S: Simd> = &'a [<$float as SimdFloat>::Vector<S>];
             type VectorsMut<'a, S: Simd> = OutVectors<'a, <$float as SimdFloat>::Vector<S>>;
-            const AT_MOST_AVX2: bool = false;
             const CACHED_LOOP_COPY: bool = false;
             const PLAIN_NAN_STORES: bool = false;
 
