@@ -1,7 +1,8 @@
 //! The backward pass: per row, pass A sums `Σ g` and `Σ g·(x − hi)`; pass B writes
 //! `dx = r · (g − mean(g)) − r·mean(g⊙x̂) · x̂` and adds `dy·x̂`, `dy` into the parameter sums.
-//! Rows of at most [`SEPARATE_PASSES_ROW_BYTES`] run their two passes one after the other;
-//! longer rows fuse pass B of each row with pass A of the next.
+//! Short rows, and on AVX2 rows of at most [`SEPARATE_PASSES_ROW_BYTES`], run their two passes
+//! one after the other; longer rows fuse pass B of each row with pass A of the next
+//! ([`fuses_passes`]).
 //!
 //! The body is compiled once per combination of gain and wanted gradients ([`BackwardBody`],
 //! const generics), so that no loop tests for any of them.
@@ -27,7 +28,21 @@ use pulp::{Simd, WithSimd};
 /// f32 and 1.00–1.21× for f16 and bf16 at 4096×1024, 8192×1024 and 16384×512 (calls larger
 /// than the cache had kept the fused loop before, when separate passes ran at 0.82–0.99× of it).
 /// f64 rows of 1024 values (8 KiB) ran separately at 0.64× even in cache. Same bits either way.
+/// On AVX-512 the bound is [`SHORT_ROW_BYTES`] instead (see [`fuses_passes`]).
 const SEPARATE_PASSES_ROW_BYTES: usize = 4 << 10;
+
+/// Whether rows of `row_bytes` (in the compute type) fuse pass B with the next row's pass A on
+/// instruction set `S`. Short rows never do. With 512-bit vectors (AVX-512, 32 vector registers)
+/// the fused loop's values fit in registers, and every longer row fuses: on a 2-core AVX-512
+/// Xeon VM (2026-11-30, BENCHMARKS.md) fused rows of 3 and 4 KiB ran at 0.68–0.93× the time of
+/// separate passes (f32 and f16, 512×1024, 2048×768, 4096×1024; whose 6 MiB and more did not
+/// fit its 2 MiB L2). With 256-bit vectors (AVX2, 16 registers) rows of up to
+/// [`SEPARATE_PASSES_ROW_BYTES`] keep separate passes, measured faster on the AMD EPYC VM.
+#[inline(always)]
+fn fuses_passes<S: Simd>(row_bytes: usize) -> bool {
+    let wide_vectors = size_of::<S::f32s>() >= 64;
+    row_bytes > SHORT_ROW_BYTES && (wide_vectors || row_bytes > SEPARATE_PASSES_ROW_BYTES)
+}
 
 /// A backward call: its inputs, `dx` (and `dsum`), the parameter-gradient totals (f64, one
 /// row of `dim` per group of `group_rows` rows) and the kernel's working memory (short partial
@@ -76,7 +91,7 @@ flags_trait!(
 fn backward_all<E: Storage, S: Simd, V: BackwardBody>(simd: S, backward: Backward<'_, E>) {
     let row_bytes = backward.rows.layer.dim * size_of::<E::Wide>();
     let short = row_bytes <= SHORT_ROW_BYTES;
-    let fuse = row_bytes > SEPARATE_PASSES_ROW_BYTES;
+    let fuse = fuses_passes::<S>(row_bytes);
     // `dx` rounded by `Storage::store_plain_nans` (bf16: without a test for NaN), exact when the
     // gain holds no NaN: the rows this path computes have finite statistics, and `x` and `dy`
     // are half values (whose NaNs, widened, have clear lower bits), so every NaN in `dx` is
