@@ -34,10 +34,11 @@ const SEPARATE_PASSES_ROW_BYTES: usize = 4 << 10;
 /// Whether rows of `row_bytes` (in the compute type) fuse pass B with the next row's pass A on
 /// instruction set `S`. Short rows never do. With 512-bit vectors (AVX-512, 32 vector registers)
 /// the fused loop's values fit in registers, and every longer row fuses: on a 2-core AVX-512
-/// Xeon VM (2026-11-30, BENCHMARKS.md) fused rows of 3 and 4 KiB ran at 0.68–0.93× the time of
-/// separate passes (f32 and f16, 512×1024, 2048×768, 4096×1024; whose 6 MiB and more did not
-/// fit its 2 MiB L2). With 256-bit vectors (AVX2, 16 registers) rows of up to
-/// [`SEPARATE_PASSES_ROW_BYTES`] keep separate passes, measured faster on the AMD EPYC VM.
+/// Xeon VM (2026-11-30, BENCHMARKS.md; three runs, rows of 1.2 to 4 KiB, calls of 6 MiB and
+/// more against its 2 MiB of L2) fused rows ran at 0.68–0.94× the time of separate passes for
+/// f32 and 0.75–1.00× for bf16; f16 at 0.74–1.18× (one cell of nine slower). With 256-bit
+/// vectors (AVX2, 16 registers) rows of up to [`SEPARATE_PASSES_ROW_BYTES`] keep separate
+/// passes, measured faster on the AMD EPYC VM.
 #[inline(always)]
 fn fuses_passes<S: Simd>(row_bytes: usize) -> bool {
     let wide_vectors = size_of::<S::f32s>() >= 64;
