@@ -69,6 +69,9 @@ pub(crate) trait SimdFloat:
     fn load_partial<S: Simd>(simd: S, values: &[Self]) -> Self::Vector<S>;
     /// Stores the first `values.len()` lanes.
     fn store_partial<S: Simd>(simd: S, values: &mut [Self], vector: Self::Vector<S>);
+    /// `vector` with its lanes from `valid` (less than a vector's lanes) on set to `+0.0`, by
+    /// a mask in registers.
+    fn keep_first<S: Simd>(simd: S, vector: Self::Vector<S>, valid: usize) -> Self::Vector<S>;
     /// The sum of a vector's lanes by the halving tree (lane `l` plus lane `l + w/2`, then
     /// `l + w/4`, …): pulp's horizontal sum on x86-64 (AVX-512 adds the 256-bit halves, AVX2
     /// the 128-bit halves, then `movehl` and one shuffle; the scalar path loops the same
@@ -79,7 +82,8 @@ pub(crate) trait SimdFloat:
 macro_rules! impl_simd_float {
     ($float:ty, $vector:ident, $tiny_ssq:expr, $eps_dwarfing:expr, $logical_lanes:expr,
      $splat:ident, $add:ident, $sub:ident, $mul:ident, $mul_add:ident,
-     $split:ident, $split_mut:ident, $load:ident, $store:ident, $reduce:ident) => {
+     $split:ident, $split_mut:ident, $load:ident, $store:ident, $reduce:ident,
+     $mask_between:ident, $select:ident, $lane_bits:ty) => {
         impl SimdFloat for $float {
             type Vector<S: Simd> = S::$vector;
             const TINY_SUM_OF_SQUARES: f64 = $tiny_ssq;
@@ -128,6 +132,12 @@ macro_rules! impl_simd_float {
                 simd.$store(values, vector)
             }
             #[inline(always)]
+            fn keep_first<S: Simd>(simd: S, vector: S::$vector, valid: usize) -> S::$vector {
+                // `valid` is below the lane count, so the cast is exact.
+                let mask = simd.$mask_between(0, valid as $lane_bits).mask();
+                simd.$select(mask, vector, simd.$splat(0.0))
+            }
+            #[inline(always)]
             fn reduce_sum<S: Simd>(simd: S, vector: S::$vector) -> Self {
                 simd.$reduce(vector)
             }
@@ -152,7 +162,10 @@ impl_simd_float!(
     as_mut_simd_f32s,
     partial_load_f32s,
     partial_store_f32s,
-    reduce_sum_f32s
+    reduce_sum_f32s,
+    mask_between_m32s,
+    select_f32s,
+    u32
 );
 impl_simd_float!(
     f64,
@@ -169,7 +182,10 @@ impl_simd_float!(
     as_mut_simd_f64s,
     partial_load_f64s,
     partial_store_f64s,
-    reduce_sum_f64s
+    reduce_sum_f64s,
+    mask_between_m64s,
+    select_f64s,
+    u64
 );
 
 /// Rows of at most this many bytes (in the compute type) are "short": one fold period holds a
@@ -194,13 +210,6 @@ fn accumulators<T: SimdFloat, S: Simd>(_simd: S) -> usize {
 #[inline(always)]
 fn lanes_mut<T: SimdFloat, S: Simd>(vector: &mut T::Vector<S>) -> &mut [T] {
     bytemuck::cast_slice_mut(std::slice::from_mut(vector))
-}
-
-/// `vector` with its lanes from `valid` on set to zero.
-#[inline(always)]
-fn keep_first<T: SimdFloat, S: Simd>(mut vector: T::Vector<S>, valid: usize) -> T::Vector<S> {
-    lanes_mut::<T, S>(&mut vector)[valid..].fill(T::zero());
-    vector
 }
 
 /// The sum of the `N` accumulators `parts`, widened to f64, by one fixed tree over the logical
@@ -257,7 +266,6 @@ fn halving_sum<T: SimdFloat, S: Simd>(simd: S, vector: T::Vector<S>) -> T {
 macro_rules! accumulate_span {
     ($n:literal, $float:ty, $simd:ident, ($sums:ident, $dots:ident), $start:expr, $end:expr,
      $with_tail:expr, $tail:expr, $end_test:literal, |$k:ident| $terms:expr, $tail_terms:expr) => {{
-        use $crate::kernels::simd::keep_first;
         let (start, end, with_tail): (usize, usize, bool) = ($start, $end, $with_tail);
         let blocks_end = start + (end - start) / $n * $n;
         let mut group = start;
@@ -282,8 +290,11 @@ macro_rules! accumulate_span {
                     $dots[a] = <$float>::mul_add_vectors($simd, factor, other, $dots[a]);
                 } else if $k == end && with_tail {
                     let (sum, factor, other) = $tail_terms;
-                    let sum = keep_first::<$float, _>(sum, $tail);
-                    let factor = keep_first::<$float, _>(factor, $tail);
+                    // By a mask: a fill of the lanes past the tail (as the slice's `fill`)
+                    // was a call to `memset` for every row, with the vector registers saved
+                    // around it (f32 8192×100 backward on AVX-512: about a quarter of the time).
+                    let sum = <$float>::keep_first($simd, sum, $tail);
+                    let factor = <$float>::keep_first($simd, factor, $tail);
                     $sums[a] = <$float>::add_vectors($simd, $sums[a], sum);
                     $dots[a] = <$float>::mul_add_vectors($simd, factor, other, $dots[a]);
                 }
