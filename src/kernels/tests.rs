@@ -319,6 +319,50 @@ fn check_backward<T: SimdFloat + Storage>(
     assert!(dx_with_sum == expected, "dx + dsum: {context}");
 }
 
+/// `SimdFloat::keep_first` on every instruction set and every count of kept lanes: the first
+/// lanes keep their bits (NaN, infinities and -0.0 included), the others become +0.0.
+struct KeepFirst<T>(std::marker::PhantomData<T>);
+
+impl<T: SimdFloat> pulp::WithSimd for KeepFirst<T> {
+    type Output = ();
+
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let lanes = size_of::<T::Vector<S>>() / size_of::<T>();
+        let specials = [
+            T::nan(),
+            T::infinity(),
+            T::neg_zero(),
+            -T::one(),
+            T::min_positive_value(),
+        ];
+        let values: Vec<T> = (0..lanes)
+            .map(|lane| specials[lane % specials.len()])
+            .collect();
+        let bits = |value: T| value.to_stat().to_bits();
+        let vector = T::split::<S>(&values).0[0];
+        for valid in 0..lanes {
+            let kept = T::keep_first(simd, vector, valid);
+            let kept: &[T] = bytemuck::cast_slice(std::slice::from_ref(&kept));
+            for (lane, (&got, &value)) in kept.iter().zip(&values).enumerate() {
+                let want = if lane < valid { value } else { T::zero() };
+                assert_eq!(
+                    bits(got),
+                    bits(want),
+                    "lane {lane} of {lanes}, {valid} kept"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn keep_first_zeroes_exactly_the_lanes_past_the_count() {
+    for (_, arch) in instruction_sets() {
+        arch.dispatch(KeepFirst::<f32>(std::marker::PhantomData));
+        arch.dispatch(KeepFirst::<f64>(std::marker::PhantomData));
+    }
+}
+
 #[test]
 fn f32_kernels_match_the_specification_on_every_length_and_alignment() {
     check_type::<f32>(3.0, &[0.0, 1e4]);
