@@ -681,6 +681,10 @@ fn narrow_partial<H: HalfElement, S: Simd>(simd: S, values: &mut [H], vector: S:
 fn padded_bits<H: HalfElement, B: bytemuck::Pod>(values: &[H]) -> B {
     let mut padded = B::zeroed();
     let bits: &mut [u16] = bytemuck::cast_slice_mut(std::slice::from_mut(&mut padded));
+    debug_assert!(
+        values.len() <= bits.len(),
+        "more values than a vector holds"
+    );
     for (lane, bit) in bits.iter_mut().enumerate() {
         if let Some(&value) = values.get(lane) {
             *bit = bytemuck::cast(value);
@@ -694,6 +698,10 @@ fn padded_bits<H: HalfElement, B: bytemuck::Pod>(values: &[H]) -> B {
 #[inline(always)]
 fn copy_first_bits<H: HalfElement, B: bytemuck::Pod>(values: &mut [H], bits: B) {
     let bits: &[u16] = bytemuck::cast_slice(std::slice::from_ref(&bits));
+    debug_assert!(
+        values.len() <= bits.len(),
+        "more values than a vector holds"
+    );
     for (lane, &bit) in bits.iter().enumerate() {
         if let Some(value) = values.get_mut(lane) {
             *value = bytemuck::cast(bit);
