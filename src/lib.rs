@@ -167,6 +167,7 @@ mod rms_norm;
 mod rows;
 #[cfg(feature = "serde")]
 mod serialize;
+mod spare;
 mod stats;
 
 pub use crate::element::{Element, Parameter};

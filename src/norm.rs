@@ -9,6 +9,7 @@ use crate::kernels::{
     BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut, Stores,
 };
 use crate::rows::{self, ResidualRows};
+use crate::spare::Spare;
 use crate::stats::{LayerNormGrads, NormStats};
 use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
 use num_traits::{FromPrimitive, One, Zero};
@@ -469,8 +470,8 @@ impl<A: Element, P: Parameter<A>> NormCore<A, P> {
             gain: gain_grad,
             bias: bias_grad,
         } = into;
-        let mut gain_total: Option<Vec<A::Stat>> = gain_grad.as_deref().map(widen::<A, P>);
-        let mut bias_total: Option<Vec<A::Stat>> = bias_grad.as_deref().map(widen::<A, P>);
+        let mut gain_total: Option<Spare<A::Stat>> = gain_grad.as_deref().map(widen::<A, P>);
+        let mut bias_total: Option<Spare<A::Stat>> = bias_grad.as_deref().map(widen::<A, P>);
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
         let dsum = dsum.map(|dsum| dsum.as_standard_layout());
@@ -507,12 +508,15 @@ fn zero<A: Element>() -> A {
     A::from_stat(A::Stat::zero())
 }
 
-/// The accumulator's values in the statistics type.
-fn widen<A: Element, P: Parameter<A>>(values: &ArrayRef1<P>) -> Vec<A::Stat> {
+/// The accumulator's values in the statistics type, in a buffer the thread keeps.
+fn widen<A: Element, P: Parameter<A>>(values: &ArrayRef1<P>) -> Spare<A::Stat> {
+    let mut wide = Spare::with_len(values.len());
+    let widen = |(wide, &value): (&mut A::Stat, &P)| *wide = P::to_stat(value);
     match values.as_slice() {
-        Some(slice) => slice.iter().map(|&value| P::to_stat(value)).collect(),
-        None => values.iter().map(|&value| P::to_stat(value)).collect(),
+        Some(slice) => wide.iter_mut().zip(slice).for_each(widen),
+        None => wide.iter_mut().zip(values).for_each(widen),
     }
+    wide
 }
 
 /// Writes the totals back into the caller's accumulator, rounded to its type.

@@ -14,6 +14,7 @@
 
 use crate::element::Element;
 use crate::kernels::{add_into, BackwardJob, BackwardOut, CutAt, ForwardRows, GradSums, Stores};
+use crate::spare::Spare;
 #[cfg(feature = "rayon")]
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 #[cfg(feature = "rayon")]
@@ -431,7 +432,8 @@ impl<A: Element> RowJob for BlockedBackward<'_, A> {
     /// One kernel call: each group's sums formed from zero in its own row of sums.
     fn run(mut self) {
         self.job.out.sums.clear();
-        A::backward_rows(self.job, &mut Vec::new(), self.group_rows);
+        let dim = self.job.rows.layer.dim;
+        A::backward_rows(self.job, Spare::empty(3 * dim).vec_mut(), self.group_rows);
     }
 }
 
@@ -557,67 +559,17 @@ where
 /// are unspecified until the kernels' callers set their rows to zero; the buffers come from
 /// the thread's spare ones and go back there when dropped.
 struct SumBuffers<S: 'static> {
-    gain: Option<Vec<S>>,
-    bias: Option<Vec<S>>,
+    gain: Option<Spare<S>>,
+    bias: Option<Spare<S>>,
 }
 
 impl<S: Copy + num_traits::Zero + 'static> SumBuffers<S> {
     fn new<T>(wanted: &GradSums<'_, T>, len: usize) -> Self {
         SumBuffers {
-            gain: wanted.gain.as_ref().map(|_| spare_sums(len)),
-            bias: wanted.bias.as_ref().map(|_| spare_sums(len)),
+            gain: wanted.gain.as_ref().map(|_| Spare::with_len(len)),
+            bias: wanted.bias.as_ref().map(|_| Spare::with_len(len)),
         }
     }
-}
-
-impl<S: 'static> Drop for SumBuffers<S> {
-    fn drop(&mut self) {
-        for buffer in [self.gain.take(), self.bias.take()].into_iter().flatten() {
-            keep_spare_sums(buffer);
-        }
-    }
-}
-
-/// Spare buffers kept per thread, at most this many...
-const SPARE_SUMS_BUFFERS: usize = 4;
-
-/// ...of at most this many bytes each: enough for a parallel call's per-group sums at the
-/// usual shapes, where allocating and zeroing them took a large part of the call (measured:
-/// 512×1024 f32 on 4–16 threads); a larger call amortizes its allocation.
-const SPARE_SUMS_BYTES: usize = 4 << 20;
-
-thread_local! {
-    /// Gradient-sum buffers of any statistics type, kept between backward calls on this
-    /// thread. A call takes its buffers out and puts them back when it returns, so a call made
-    /// while another one waits on this thread (rayon work stealing) takes fresh ones instead.
-    static SPARE_SUMS: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A buffer of `len` sums with unspecified values: a spare one of this thread's when there is
-/// one of type `S`, else a new one.
-fn spare_sums<S: Copy + num_traits::Zero + 'static>(len: usize) -> Vec<S> {
-    let spare = SPARE_SUMS.with(|spare| {
-        let mut spare = spare.borrow_mut();
-        let index = spare.iter().position(|buffer| buffer.is::<Vec<S>>())?;
-        spare.swap_remove(index).downcast::<Vec<S>>().ok()
-    });
-    let mut buffer = spare.map_or_else(Vec::new, |buffer| *buffer);
-    buffer.resize(len, S::zero());
-    buffer
-}
-
-/// Keeps `buffer` for this thread's later calls, unless it is large or enough are kept.
-fn keep_spare_sums<S: 'static>(buffer: Vec<S>) {
-    if buffer.capacity() * size_of::<S>() > SPARE_SUMS_BYTES {
-        return;
-    }
-    SPARE_SUMS.with(|spare| {
-        let mut spare = spare.borrow_mut();
-        if spare.len() < SPARE_SUMS_BUFFERS {
-            spare.push(Box::new(buffer));
-        }
-    });
 }
 
 impl<S: Copy + std::ops::Add<Output = S> + 'static> SumBuffers<S> {
@@ -692,7 +644,7 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
     }
     // On the calling thread: one block's sums at a time, added to the totals as they come.
     let mut block_sums = SumBuffers::<A::Stat>::new(&totals, dim);
-    let mut scratch = Vec::new();
+    let mut scratch = Spare::<A>::empty(3 * dim);
     for start in (0..rows).step_by(GRAD_BLOCK_ROWS) {
         let end = (start + GRAD_BLOCK_ROWS).min(rows);
         let mut block = BackwardJob {
@@ -704,7 +656,7 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
             },
         };
         block.out.sums.clear();
-        A::backward_rows(block, &mut scratch, GRAD_BLOCK_ROWS);
+        A::backward_rows(block, scratch.vec_mut(), GRAD_BLOCK_ROWS);
         block_sums.add_into(&mut totals, 0..dim);
     }
 }

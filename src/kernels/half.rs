@@ -28,6 +28,7 @@ use super::{
     scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
 };
 use crate::element::Element;
+use crate::spare::Spare;
 use isa::{Piece, Token, Wide};
 use pulp::Simd;
 #[cfg(target_arch = "x86_64")]
@@ -1092,9 +1093,9 @@ pub(crate) fn backward_rows<H: HalfElement + Storage<Wide = f32>>(
     let BackwardJob { rows, out } = job;
     let dim = rows.layer.dim;
     let groups = (out.dx.len() / dim).div_ceil(group_rows);
-    let mut gain_totals = out.sums.gain.as_ref().map(|_| vec![0.0f64; groups * dim]);
-    let mut bias_totals = out.sums.bias.as_ref().map(|_| vec![0.0f64; groups * dim]);
-    let mut scratch = Vec::new();
+    let mut gain_totals = (out.sums.gain.as_ref()).map(|_| Spare::<f64>::zeroed(groups * dim));
+    let mut bias_totals = (out.sums.bias.as_ref()).map(|_| Spare::<f64>::zeroed(groups * dim));
+    let mut scratch = Spare::<f32>::empty(3 * dim);
     super::simd::backward_rows(Backward {
         rows,
         dx: out.dx,
@@ -1104,11 +1105,11 @@ pub(crate) fn backward_rows<H: HalfElement + Storage<Wide = f32>>(
             bias: bias_totals.as_deref_mut(),
         },
         group_rows,
-        scratch: &mut scratch,
+        scratch: scratch.vec_mut(),
     });
     for (partial, totals) in [(out.sums.gain, gain_totals), (out.sums.bias, bias_totals)] {
         if let (Some(partial), Some(totals)) = (partial, totals) {
-            for (sum, total) in partial.iter_mut().zip(totals) {
+            for (sum, &total) in partial.iter_mut().zip(totals.iter()) {
                 *sum += total as f32;
             }
         }

@@ -31,6 +31,9 @@ use pulp::{Simd, WithSimd};
 /// On AVX-512 the bound is [`SHORT_ROW_BYTES`] instead (see [`fuses_passes`]).
 const SEPARATE_PASSES_ROW_BYTES: usize = 4 << 10;
 
+/// Bytes in a cache line (and in one 512-bit vector).
+const CACHE_LINE: usize = 64;
+
 /// Whether rows of `row_bytes` (in the compute type) fuse pass B with the next row's pass A on
 /// instruction set `S`. Short rows never do. With 512-bit vectors (AVX-512, 32 vector registers)
 /// the fused loop's values fit in registers, and every longer row fuses: on a 2-core AVX-512
@@ -157,10 +160,21 @@ fn backward_rows_as<
     // one machine. The loops themselves always store ordinarily, so they test no store choice.
     let stream_dx = layer.stores != Stores::Cached;
     let staging_len = if stream_dx { dim } else { 0 };
+    // The sums (and the staging row) start on cache-line boundaries: pass B loads and stores
+    // both sums once per vector, and a vector that straddles two lines costs two accesses
+    // (on the AVX-512 Xeon VM, 64-byte stores that straddle ran at half the rate of aligned
+    // ones). The caller's rows are where the caller put them; these are ours to place.
+    let line = CACHE_LINE / size_of::<T<E>>();
+    let stride = dim.next_multiple_of(line);
     scratch.clear();
-    scratch.resize(2 * dim + staging_len, T::<E>::zero());
-    let (gain_sums, rest) = scratch.split_at_mut(dim);
-    let (bias_sums, staging) = rest.split_at_mut(dim);
+    scratch.resize(2 * stride + staging_len + line, T::<E>::zero());
+    let start = scratch.as_ptr().align_offset(CACHE_LINE);
+    // `align_offset` may decline (`usize::MAX`); the sums are then merely unaligned.
+    let start = if start < line { start } else { 0 };
+    let (gain_sums, rest) = scratch[start..].split_at_mut(stride);
+    let gain_sums = &mut gain_sums[..dim];
+    let (bias_sums, staging) = rest.split_at_mut(stride);
+    let bias_sums = &mut bias_sums[..dim];
     // The compute type is at least as wide as the storage type: `dim` of it hold a row.
     let staging: &mut [E] = &mut bytemuck::cast_slice_mut(staging)[..staging_len];
     let n = dim as f64;
