@@ -34,30 +34,20 @@ int main(void) {
     const long n = 240000000L; /* operations per measurement */
     double start;
 
+/* Twelve independent FMAs on registers of width W ("z": 512 bits, "y": 256 bits). */
+#define FMA(W, r) "vfmadd231ps %%" W "mm0,%%" W "mm0,%%" W "mm" #r "\n"
+#define FMAS(W)                                                                      \
+    "vxorps %%" W "mm0,%%" W "mm0,%%" W "mm0\n mov %0,%%rcx\n mov %1,%%rdx\n1:\n"       \
+    FMA(W, 1) FMA(W, 2) FMA(W, 3) FMA(W, 4) FMA(W, 5) FMA(W, 6)                       \
+    FMA(W, 7) FMA(W, 8) FMA(W, 9) FMA(W, 10) FMA(W, 11) FMA(W, 12)                    \
+    "dec %%rcx\n jnz 1b\n"
+
     start = now();
-    __asm__ volatile(
-        "vxorps %%zmm0,%%zmm0,%%zmm0\n mov %0,%%rcx\n mov %1,%%rdx\n"
-        "1:\n"
-        "vfmadd231ps %%zmm0,%%zmm0,%%zmm1\n vfmadd231ps %%zmm0,%%zmm0,%%zmm2\n"
-        "vfmadd231ps %%zmm0,%%zmm0,%%zmm3\n vfmadd231ps %%zmm0,%%zmm0,%%zmm4\n"
-        "vfmadd231ps %%zmm0,%%zmm0,%%zmm5\n vfmadd231ps %%zmm0,%%zmm0,%%zmm6\n"
-        "vfmadd231ps %%zmm0,%%zmm0,%%zmm7\n vfmadd231ps %%zmm0,%%zmm0,%%zmm8\n"
-        "vfmadd231ps %%zmm0,%%zmm0,%%zmm9\n vfmadd231ps %%zmm0,%%zmm0,%%zmm10\n"
-        "vfmadd231ps %%zmm0,%%zmm0,%%zmm11\n vfmadd231ps %%zmm0,%%zmm0,%%zmm12\n"
-        "dec %%rcx\n jnz 1b\n" ::"r"(n / 12), "r"(buffer) : CLOBBER);
+    __asm__ volatile(FMAS("z") ::"r"(n / 12), "r"(buffer) : CLOBBER);
     report("512-bit FMA", n, start);
 
     start = now();
-    __asm__ volatile(
-        "vxorps %%ymm0,%%ymm0,%%ymm0\n mov %0,%%rcx\n mov %1,%%rdx\n"
-        "1:\n"
-        "vfmadd231ps %%ymm0,%%ymm0,%%ymm1\n vfmadd231ps %%ymm0,%%ymm0,%%ymm2\n"
-        "vfmadd231ps %%ymm0,%%ymm0,%%ymm3\n vfmadd231ps %%ymm0,%%ymm0,%%ymm4\n"
-        "vfmadd231ps %%ymm0,%%ymm0,%%ymm5\n vfmadd231ps %%ymm0,%%ymm0,%%ymm6\n"
-        "vfmadd231ps %%ymm0,%%ymm0,%%ymm7\n vfmadd231ps %%ymm0,%%ymm0,%%ymm8\n"
-        "vfmadd231ps %%ymm0,%%ymm0,%%ymm9\n vfmadd231ps %%ymm0,%%ymm0,%%ymm10\n"
-        "vfmadd231ps %%ymm0,%%ymm0,%%ymm11\n vfmadd231ps %%ymm0,%%ymm0,%%ymm12\n"
-        "dec %%rcx\n jnz 1b\n" ::"r"(n / 12), "r"(buffer) : CLOBBER);
+    __asm__ volatile(FMAS("y") ::"r"(n / 12), "r"(buffer) : CLOBBER);
     report("256-bit FMA", n, start);
 
     start = now();
@@ -73,33 +63,33 @@ int main(void) {
         "dec %%rcx\n jnz 1b\n" ::"r"(n / 12), "r"(buffer) : CLOBBER);
     report("512-bit add/sub/mul", n, start);
 
-#define LOADS(o)                                                                     \
-    "vmovups " #o "+0(%%rdx),%%zmm1\n vmovups " #o "+64(%%rdx),%%zmm2\n"             \
-    "vmovups " #o "+128(%%rdx),%%zmm3\n vmovups " #o "+192(%%rdx),%%zmm4\n"          \
-    "vmovups " #o "+256(%%rdx),%%zmm5\n vmovups " #o "+320(%%rdx),%%zmm6\n"          \
-    "vmovups " #o "+384(%%rdx),%%zmm7\n vmovups " #o "+448(%%rdx),%%zmm8\n"
-#define STORES(o)                                                                    \
-    "vmovups %%zmm1," #o "+0(%%rdx)\n vmovups %%zmm2," #o "+64(%%rdx)\n"             \
-    "vmovups %%zmm3," #o "+128(%%rdx)\n vmovups %%zmm4," #o "+192(%%rdx)\n"
+/* Eight loads, or four stores, of 64 bytes from the address in rdx. */
+#define LOADS                                                                        \
+    "vmovups 0(%%rdx),%%zmm1\n vmovups 64(%%rdx),%%zmm2\n"                           \
+    "vmovups 128(%%rdx),%%zmm3\n vmovups 192(%%rdx),%%zmm4\n"                        \
+    "vmovups 256(%%rdx),%%zmm5\n vmovups 320(%%rdx),%%zmm6\n"                        \
+    "vmovups 384(%%rdx),%%zmm7\n vmovups 448(%%rdx),%%zmm8\n"
+#define STORES                                                                       \
+    "vmovups %%zmm1,0(%%rdx)\n vmovups %%zmm2,64(%%rdx)\n"                           \
+    "vmovups %%zmm3,128(%%rdx)\n vmovups %%zmm4,192(%%rdx)\n"
 
-    start = now();
-    __asm__ volatile("mov %0,%%rcx\n mov %1,%%rdx\n1:\n" LOADS(0) "dec %%rcx\n jnz 1b\n"
-                     ::"r"(n / 8), "r"(buffer) : CLOBBER);
-    report("512-bit load, aligned", n, start);
+    /* At the start of a line, then 16 bytes past it (every access straddles two lines). */
+    for (int offset = 0; offset <= 16; offset += 16) {
+        const char *where = offset ? "straddling lines" : "aligned";
+        char *at = (char *)buffer + offset;
+        char what[64];
 
-    start = now();
-    __asm__ volatile("mov %0,%%rcx\n mov %1,%%rdx\n1:\n" LOADS(16) "dec %%rcx\n jnz 1b\n"
-                     ::"r"(n / 8), "r"(buffer) : CLOBBER);
-    report("512-bit load, straddling lines", n, start);
+        start = now();
+        __asm__ volatile("mov %0,%%rcx\n mov %1,%%rdx\n1:\n" LOADS "dec %%rcx\n jnz 1b\n"
+                         ::"r"(n / 8), "r"(at) : CLOBBER);
+        snprintf(what, sizeof what, "512-bit load, %s", where);
+        report(what, n, start);
 
-    start = now();
-    __asm__ volatile("mov %0,%%rcx\n mov %1,%%rdx\n1:\n" STORES(0) "dec %%rcx\n jnz 1b\n"
-                     ::"r"(n / 4), "r"(buffer) : CLOBBER);
-    report("512-bit store, aligned", n, start);
-
-    start = now();
-    __asm__ volatile("mov %0,%%rcx\n mov %1,%%rdx\n1:\n" STORES(16) "dec %%rcx\n jnz 1b\n"
-                     ::"r"(n / 4), "r"(buffer) : CLOBBER);
-    report("512-bit store, straddling lines", n, start);
+        start = now();
+        __asm__ volatile("mov %0,%%rcx\n mov %1,%%rdx\n1:\n" STORES "dec %%rcx\n jnz 1b\n"
+                         ::"r"(n / 4), "r"(at) : CLOBBER);
+        snprintf(what, sizeof what, "512-bit store, %s", where);
+        report(what, n, start);
+    }
     return 0;
 }

@@ -181,6 +181,7 @@ fn training_loop_calls_allocate_nothing_that_grows_with_the_rows() {
     assert!(parallel[3] <= (2 * blocks + 16) * dim * 8, "{parallel:?}");
     // A second call takes the block sums from the buffers the calling thread kept, and each
     // task its working row from its thread's (measured: nothing at all). A thread that runs a
-    // stolen task while its own waits needs a second working row: allow one per task.
-    assert!(parallel[4] <= 16 * 3 * dim * 4 + 4096, "{parallel:?}");
+    // stolen task while its own waits needs a second working row: allow one per task (two
+    // f32 rows of dim and a line of alignment each) and rayon's own.
+    assert!(parallel[4] <= 16 * 2 * dim * 4 + 4096, "{parallel:?}");
 }
