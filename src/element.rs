@@ -99,6 +99,34 @@ pub trait Element:
     /// ```
     fn from_stat(value: Self::Stat) -> Self;
 
+    /// [`to_stat`](Self::to_stat) of every value, into `stats` (as long as `values`): one
+    /// conversion of a slice, where the type has a faster one than a value at a time (the
+    /// crate's hook; the same results).
+    #[doc(hidden)]
+    fn widen_all(values: &[Self], stats: &mut [Self::Stat]) {
+        for (stat, &value) in stats.iter_mut().zip(values) {
+            *stat = value.to_stat();
+        }
+    }
+
+    /// [`from_stat`](Self::from_stat) of every value of `stats`, into `values` (as long): the
+    /// inverse hook of [`widen_all`](Self::widen_all).
+    #[doc(hidden)]
+    fn narrow_all(stats: &[Self::Stat], values: &mut [Self]) {
+        for (value, &stat) in values.iter_mut().zip(stats) {
+            *value = Self::from_stat(stat);
+        }
+    }
+
+    /// `values += sums`: each value widened to the statistics type, added to and rounded back
+    /// (the crate's hook; the same results as a value at a time).
+    #[doc(hidden)]
+    fn add_all(values: &mut [Self], sums: &[Self::Stat]) {
+        for (value, &sum) in values.iter_mut().zip(sums) {
+            *value = Self::from_stat(value.to_stat() + sum);
+        }
+    }
+
     /// The kernel that normalizes rows of this type (the crate's hook; not callable outside).
     #[doc(hidden)]
     fn forward_rows(job: ForwardRows<'_, Self>);
@@ -130,6 +158,10 @@ macro_rules! simd_kernels {
 
         fn to_compute<'a>(values: &'a [Self], _buffer: &'a mut Vec<Self>) -> &'a [Self] {
             values
+        }
+
+        fn add_all(values: &mut [Self], sums: &[Self::Stat]) {
+            simd::add_all(values, sums);
         }
 
         fn forward_rows(job: ForwardRows<'_, Self>) {
@@ -187,7 +219,7 @@ impl Element for f64 {
 /// f16 and bf16 run the f32 kernels, converting in registers (`kernels::half`).
 #[cfg(feature = "half")]
 macro_rules! half_element {
-    ($half:ty) => {
+    ($half:ty, add_by_slices: $by_slices:expr) => {
         impl Element for $half {
             type Stat = f32;
             type Compute = f32;
@@ -228,6 +260,38 @@ macro_rules! half_element {
                 <$half>::from_f32(value)
             }
 
+            // The `half` crate's slice conversions: the same rounding as a value at a time,
+            // by the CPU's conversion instructions where it has them.
+            fn widen_all(values: &[Self], stats: &mut [f32]) {
+                use half::slice::HalfFloatSliceExt;
+                values.convert_to_f32_slice(stats);
+            }
+
+            fn narrow_all(stats: &[f32], values: &mut [Self]) {
+                use half::slice::HalfFloatSliceExt;
+                values.convert_from_f32_slice(stats);
+            }
+
+            /// With `add_by_slices`, a chunk at a time: widened on the stack by the slice
+            /// conversion, added to, rounded back (f16, whose single conversions are calls
+            /// that test the CPU); else a value at a time (bf16's are shifts and a rounding).
+            fn add_all(values: &mut [Self], sums: &[f32]) {
+                const CHUNK: usize = 64;
+                if !$by_slices {
+                    for (value, &sum) in values.iter_mut().zip(sums) {
+                        *value = <$half>::from_f32(value.to_f32() + sum);
+                    }
+                    return;
+                }
+                let mut wide = [0.0; CHUNK];
+                for (values, sums) in values.chunks_mut(CHUNK).zip(sums.chunks(CHUNK)) {
+                    let wide = &mut wide[..values.len()];
+                    <Self as Element>::widen_all(values, wide);
+                    crate::kernels::add_into(wide, sums);
+                    <Self as Element>::narrow_all(wide, values);
+                }
+            }
+
             fn forward_rows(job: ForwardRows<'_, Self>) {
                 simd::forward_rows(job);
             }
@@ -257,9 +321,9 @@ thread_local! {
 const WIDE_PARAMETER_BUFFERS: usize = 8;
 
 #[cfg(feature = "half")]
-half_element!(half::f16);
+half_element!(half::f16, add_by_slices: true);
 #[cfg(feature = "half")]
-half_element!(half::bf16);
+half_element!(half::bf16, add_by_slices: false);
 
 /// A type a layer over `A` data keeps its gain and bias (and their gradients) in: `A` itself,
 /// or `f32` for `f16` and `bf16` data (mixed precision, as PyTorch's autocast keeps layer
@@ -307,6 +371,22 @@ pub trait Parameter<A: Element>:
     /// Rounds a statistics-type value to the parameter type (to nearest).
     #[doc(hidden)]
     fn from_stat(value: A::Stat) -> Self;
+
+    /// [`to_stat`](Self::to_stat) of every value, into `stats` (as long as `values`).
+    #[doc(hidden)]
+    fn widen_all(values: &[Self], stats: &mut [A::Stat]);
+
+    /// [`from_stat`](Self::from_stat) of every value of `stats`, into `values` (as long).
+    #[doc(hidden)]
+    fn narrow_all(stats: &[A::Stat], values: &mut [Self]);
+
+    /// `values += sums`: each value widened to the statistics type, added to and rounded back.
+    #[doc(hidden)]
+    fn add_all(values: &mut [Self], sums: &[A::Stat]) {
+        for (value, &sum) in values.iter_mut().zip(sums) {
+            *value = Self::from_stat(value.to_stat() + sum);
+        }
+    }
 }
 
 impl<A: Element> Parameter<A> for A {
@@ -320,6 +400,18 @@ impl<A: Element> Parameter<A> for A {
 
     fn from_stat(value: A::Stat) -> A {
         Element::from_stat(value)
+    }
+
+    fn widen_all(values: &[A], stats: &mut [A::Stat]) {
+        A::widen_all(values, stats);
+    }
+
+    fn narrow_all(stats: &[A::Stat], values: &mut [A]) {
+        A::narrow_all(stats, values);
+    }
+
+    fn add_all(values: &mut [A], sums: &[A::Stat]) {
+        A::add_all(values, sums);
     }
 }
 
@@ -338,6 +430,14 @@ macro_rules! f32_parameters {
 
             fn from_stat(value: f32) -> f32 {
                 value
+            }
+
+            fn widen_all(values: &[f32], stats: &mut [f32]) {
+                stats.copy_from_slice(values);
+            }
+
+            fn narrow_all(stats: &[f32], values: &mut [f32]) {
+                values.copy_from_slice(stats);
             }
         }
     };

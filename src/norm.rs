@@ -5,10 +5,8 @@
 
 use crate::element::{Element, Parameter};
 use crate::error::NormError;
-use crate::kernels::{
-    BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut, Stores,
-};
-use crate::rows::{self, ResidualRows};
+use crate::kernels::{add_into, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut, Stores};
+use crate::rows::{self, GradTotals, ResidualRows};
 use crate::spare::Spare;
 use crate::stats::{LayerNormGrads, NormStats};
 use ndarray::{Array, Array1, ArrayRef, ArrayRef1, ArrayView1, ArrayViewMut1, Dimension};
@@ -470,36 +468,114 @@ impl<A: Element, P: Parameter<A>> NormCore<A, P> {
             gain: gain_grad,
             bias: bias_grad,
         } = into;
-        let mut gain_total: Option<Spare<A::Stat>> = gain_grad.as_deref().map(widen::<A, P>);
-        let mut bias_total: Option<Spare<A::Stat>> = bias_grad.as_deref().map(widen::<A, P>);
+        let mut totals = Accumulators::<A, P> {
+            gain: gain_grad.map(Accumulator::new),
+            bias: bias_grad.map(Accumulator::new),
+        };
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
         let dsum = dsum.map(|dsum| dsum.as_standard_layout());
         let (means, inv_stds) = stats.as_slices();
         write_standard(dx, |dx| {
             self.with_layer(|layer| {
-                rows::backward(BackwardJob {
-                    rows: BackwardRows {
-                        layer,
-                        x: standard_slice(&x),
-                        dy: standard_slice(&dy),
-                        means,
-                        inv_stds,
-                    },
-                    out: BackwardOut {
-                        dx,
-                        dsum: dsum.as_ref().map(|dsum| standard_slice(dsum)),
-                        sums: GradSums {
-                            gain: gain_total.as_deref_mut(),
-                            bias: bias_total.as_deref_mut(),
-                        },
-                    },
-                })
+                let inputs = BackwardRows {
+                    layer,
+                    x: standard_slice(&x),
+                    dy: standard_slice(&dy),
+                    means,
+                    inv_stds,
+                };
+                let dsum = dsum.as_ref().map(|dsum| standard_slice(dsum));
+                rows::backward(inputs, dx, dsum, &mut totals)
             })
         });
-        narrow_into(gain_grad, gain_total.as_deref());
-        narrow_into(bias_grad, bias_total.as_deref());
         Ok(())
+    }
+}
+
+/// The caller's parameter-gradient accumulators during a backward call, as `rows::backward`
+/// adds to them.
+struct Accumulators<'a, A: Element, P> {
+    gain: Option<Accumulator<'a, A, P>>,
+    bias: Option<Accumulator<'a, A, P>>,
+}
+
+/// One accumulator, in the parameter type, and its total in the statistics type while a call
+/// of several blocks runs. A call of one block (up to `GRAD_BLOCK_ROWS` rows: a training
+/// step's batch) adds it in one pass, widening, adding and rounding each value in turn; a
+/// longer call widens before its first block and rounds after its last: the same operations
+/// on every value either way.
+struct Accumulator<'a, A: Element, P> {
+    target: &'a mut ArrayRef1<P>,
+    total: Option<Spare<A::Stat>>,
+}
+
+impl<'a, A: Element, P: Parameter<A>> Accumulator<'a, A, P> {
+    fn new(target: &'a mut ArrayRef1<P>) -> Self {
+        Accumulator {
+            target,
+            total: None,
+        }
+    }
+
+    fn add_block(&mut self, block: &[A::Stat], last: bool) {
+        match (self.total.as_deref_mut(), last) {
+            (None, true) => add_rounded::<A, P>(self.target, block),
+            (None, false) => add_into(self.widened(), block),
+            (Some(total), last) => {
+                add_into(total, block);
+                if last {
+                    self.finish();
+                }
+            }
+        }
+    }
+
+    fn widened(&mut self) -> &mut [A::Stat] {
+        let target = &*self.target;
+        self.total.get_or_insert_with(|| widen::<A, P>(target))
+    }
+
+    fn finish(&mut self) {
+        let Some(total) = self.total.take() else {
+            return;
+        };
+        match self.target.as_slice_mut() {
+            Some(values) => P::narrow_all(&total, values),
+            None => (self.target.iter_mut().zip(total.iter()))
+                .for_each(|(value, &total)| *value = P::from_stat(total)),
+        }
+    }
+}
+
+impl<A: Element, P: Parameter<A>> GradTotals<A::Stat> for Accumulators<'_, A, P> {
+    fn wanted(&self) -> [bool; 2] {
+        [self.gain.is_some(), self.bias.is_some()]
+    }
+
+    fn add_block(&mut self, block: &GradSums<'_, A::Stat>, last: bool) {
+        for (accumulator, sums) in [
+            (self.gain.as_mut(), block.gain.as_deref()),
+            (self.bias.as_mut(), block.bias.as_deref()),
+        ] {
+            if let (Some(accumulator), Some(sums)) = (accumulator, sums) {
+                accumulator.add_block(sums, last);
+            }
+        }
+    }
+
+    fn widened(&mut self) -> GradSums<'_, A::Stat> {
+        GradSums {
+            gain: self.gain.as_mut().map(Accumulator::widened),
+            bias: self.bias.as_mut().map(Accumulator::widened),
+        }
+    }
+
+    fn finish(&mut self) {
+        self.gain
+            .iter_mut()
+            .chain(&mut self.bias)
+            .for_each(Accumulator::finish);
     }
 }
 
@@ -511,26 +587,19 @@ fn zero<A: Element>() -> A {
 /// The accumulator's values in the statistics type, in a buffer the thread keeps.
 fn widen<A: Element, P: Parameter<A>>(values: &ArrayRef1<P>) -> Spare<A::Stat> {
     let mut wide = Spare::with_len(values.len());
-    let widen = |(wide, &value): (&mut A::Stat, &P)| *wide = P::to_stat(value);
     match values.as_slice() {
-        Some(slice) => wide.iter_mut().zip(slice).for_each(widen),
-        None => wide.iter_mut().zip(values).for_each(widen),
+        Some(slice) => P::widen_all(slice, &mut wide),
+        None => (wide.iter_mut().zip(values)).for_each(|(wide, &value)| *wide = value.to_stat()),
     }
     wide
 }
 
-/// Writes the totals back into the caller's accumulator, rounded to its type.
-fn narrow_into<A: Element, P: Parameter<A>>(
-    target: Option<&mut ArrayRef1<P>>,
-    totals: Option<&[A::Stat]>,
-) {
-    let (Some(target), Some(totals)) = (target, totals) else {
-        return;
-    };
-    let narrow = |(slot, &total): (&mut P, &A::Stat)| *slot = P::from_stat(total);
+/// `target += sums`, each value widened to the statistics type, added to and rounded back.
+fn add_rounded<A: Element, P: Parameter<A>>(target: &mut ArrayRef1<P>, sums: &[A::Stat]) {
     match target.as_slice_mut() {
-        Some(slice) => slice.iter_mut().zip(totals).for_each(narrow),
-        None => target.iter_mut().zip(totals).for_each(narrow),
+        Some(values) => P::add_all(values, sums),
+        None => (target.iter_mut().zip(sums))
+            .for_each(|(value, &sum)| *value = P::from_stat(value.to_stat() + sum)),
     }
 }
 

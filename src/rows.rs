@@ -13,7 +13,9 @@
 //! perform the same additions in the same order and agree bit for bit.
 
 use crate::element::Element;
-use crate::kernels::{add_into, BackwardJob, BackwardOut, CutAt, ForwardRows, GradSums, Stores};
+use crate::kernels::{
+    add_into, BackwardJob, BackwardOut, BackwardRows, CutAt, ForwardRows, GradSums, Stores,
+};
 use crate::spare::Spare;
 #[cfg(feature = "rayon")]
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -564,10 +566,10 @@ struct SumBuffers<S: 'static> {
 }
 
 impl<S: Copy + num_traits::Zero + 'static> SumBuffers<S> {
-    fn new<T>(wanted: &GradSums<'_, T>, len: usize) -> Self {
+    fn new([gain, bias]: [bool; 2], len: usize) -> Self {
         SumBuffers {
-            gain: wanted.gain.as_ref().map(|_| Spare::with_len(len)),
-            bias: wanted.bias.as_ref().map(|_| Spare::with_len(len)),
+            gain: gain.then(|| Spare::with_len(len)),
+            bias: bias.then(|| Spare::with_len(len)),
         }
     }
 }
@@ -579,43 +581,53 @@ impl<S: Copy + std::ops::Add<Output = S> + 'static> SumBuffers<S> {
             bias: self.bias.as_deref_mut(),
         }
     }
+}
 
-    /// Adds the sums `range` into `totals`.
-    fn add_into(&self, totals: &mut GradSums<'_, S>, range: std::ops::Range<usize>) {
-        for (total, sums) in [
-            (totals.gain.as_deref_mut(), &self.gain),
-            (totals.bias.as_deref_mut(), &self.bias),
-        ] {
-            if let (Some(total), Some(sums)) = (total, sums) {
-                add_into(total, &sums[range.clone()]);
-            }
-        }
-    }
+/// The caller's parameter-gradient accumulators, as the backward driver adds to them: block
+/// sums in block order, each value widened to the statistics type before the first block and
+/// rounded back to the accumulator's own type after the last. How the values are held (the
+/// caller's arrays, their layout and type) is `norm.rs`'s business.
+pub(crate) trait GradTotals<S> {
+    /// Whether the gain gradient and the bias gradient are wanted.
+    fn wanted(&self) -> [bool; 2];
+
+    /// `total += block` for each wanted gradient (`block` holds a row of `dim` for each);
+    /// `last`: no block follows, and the totals go back to the caller. A call over several
+    /// blocks performs the additions of a run of calls, one per block, on widened totals.
+    fn add_block(&mut self, block: &GradSums<'_, S>, last: bool);
+
+    /// The totals widened, to be added to in place; [`GradTotals::finish`] gives them back.
+    fn widened(&mut self) -> GradSums<'_, S>;
+
+    /// Rounds the widened totals back into the caller's accumulators.
+    fn finish(&mut self);
 }
 
 /// Backward over all rows: writes `dx` (plus `dsum` when given) and adds the parameter
-/// gradients into the job's sums (the caller's totals, one row of `dim` each), block by block
-/// in block order.
-pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
+/// gradients into `totals`, block by block in block order.
+pub(crate) fn backward<A: Element>(
+    mut inputs: BackwardRows<'_, A>,
+    dx: &mut [A],
+    dsum: Option<&[A]>,
+    totals: &mut impl GradTotals<A::Stat>,
+) {
     // Streaming stores for a large dx (see `Stores::for_backward_output`); with `dsum`, each
     // row of dx is read back to add it: ordinary stores always.
-    if job.out.dsum.is_none() {
-        job.rows.layer.stores =
-            stores_for::<A>(size_of_val(job.out.dx), Stores::for_backward_output);
+    if dsum.is_none() {
+        inputs.layer.stores = stores_for::<A>(size_of_val(dx), Stores::for_backward_output);
     }
-    if !job.out.sums.is_wanted() {
+    let [gain_wanted, bias_wanted] = totals.wanted();
+    if !(gain_wanted || bias_wanted) {
+        let sums = GradSums {
+            gain: None,
+            bias: None,
+        };
+        let out = BackwardOut { dx, dsum, sums };
+        let job = BackwardJob { rows: inputs, out };
         return run(BlockedBackward { job, group_rows: 1 });
     }
-    let dim = job.rows.layer.dim;
-    let rows = job.rows();
-    let BackwardJob {
-        rows: inputs,
-        out: BackwardOut {
-            dx,
-            dsum,
-            sums: mut totals,
-        },
-    } = job;
+    let dim = inputs.layer.dim;
+    let rows = inputs.rows();
     #[cfg(feature = "rayon")]
     if let Some(rows_per_task) = task_rows(rows, dim, rayon::current_num_threads()) {
         // Every group's sums in a row of its own, filled in any order; then each block's sum
@@ -627,23 +639,19 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
             A::GRAD_GROUP_ROWS
         };
         let groups = rows.div_ceil(group_rows);
-        let mut partials = SumBuffers::<A::Stat>::new(&totals, groups * dim);
-        run(BlockedBackward {
-            job: BackwardJob {
-                rows: inputs,
-                out: BackwardOut {
-                    dx,
-                    dsum,
-                    sums: partials.sums(),
-                },
-            },
-            group_rows,
-        });
-        combine_groups(&partials, &mut totals, dim, group_rows);
+        let mut partials = SumBuffers::<A::Stat>::new(totals.wanted(), groups * dim);
+        let sums = partials.sums();
+        let job = BackwardJob {
+            rows: inputs,
+            out: BackwardOut { dx, dsum, sums },
+        };
+        run(BlockedBackward { job, group_rows });
+        combine_groups(&partials, &mut totals.widened(), dim, group_rows);
+        totals.finish();
         return;
     }
     // On the calling thread: one block's sums at a time, added to the totals as they come.
-    let mut block_sums = SumBuffers::<A::Stat>::new(&totals, dim);
+    let mut block_sums = SumBuffers::<A::Stat>::new(totals.wanted(), dim);
     let mut scratch = Spare::<A>::empty(3 * dim);
     for start in (0..rows).step_by(GRAD_BLOCK_ROWS) {
         let end = (start + GRAD_BLOCK_ROWS).min(rows);
@@ -657,7 +665,7 @@ pub(crate) fn backward<A: Element>(mut job: BackwardJob<'_, A>) {
         };
         block.out.sums.clear();
         A::backward_rows(block, scratch.vec_mut(), GRAD_BLOCK_ROWS);
-        block_sums.add_into(&mut totals, 0..dim);
+        totals.add_block(&block_sums.sums(), end == rows);
     }
 }
 

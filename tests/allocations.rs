@@ -105,9 +105,11 @@ fn training_loop_calls_allocate_nothing_that_grows_with_the_rows() {
     println!("serial, dim {dim}: 64 rows {small:?} bytes, 2048 rows {large:?} bytes");
     assert_eq!(&small[..3], &[0, 0, 0], "forward paths allocate nothing");
     assert_eq!(&large[..3], &[0, 0, 0], "forward paths allocate nothing");
-    assert_eq!(
-        small[3], large[3],
-        "backward allocates the same for 64 and 2048 rows"
+    // A call of one gradient block (64 rows) adds to the caller's accumulators directly; a
+    // longer call keeps f64 totals too. Nothing more for more rows.
+    assert!(
+        small[3] <= large[3],
+        "backward allocates no more for 64 rows than for 2048"
     );
     // Two f64 totals, two f64 block sums and the kernel's f32 scratch: a few times dim.
     assert!(

@@ -261,6 +261,16 @@ fn backward_matches_the_reference_formula() -> Result {
     Ok(())
 }
 
+/// Each accumulator value becomes `round(widen(start) + the call's sum)`: the same bits whether
+/// the accumulators are contiguous (added a slice at a time, on the CPU's vectors) or strided
+/// (a value at a time), for calls of one gradient block (up to 64 rows) and of several, and
+/// whatever they held (zeros of either sign, extremes, infinities, NaN).
+#[test]
+fn accumulators_get_the_same_bits_in_any_layout() {
+    common::check_accumulator_layouts::<f32>("f32");
+    common::check_accumulator_layouts::<f64>("f64");
+}
+
 #[test]
 fn zero_rows_give_empty_outputs_and_leave_accumulators_alone() -> Result {
     let ln = LayerNorm::<f32>::new(8)?;

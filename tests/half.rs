@@ -192,6 +192,15 @@ fn f32_parameters_over_half_data_compute_what_half_parameters_compute() {
     check_mixed::<bf16>("bf16");
 }
 
+/// Half accumulators are widened and rounded back by the `half` crate's slice conversions when
+/// contiguous, a value at a time when strided: the same bits (see the f32 and f64 test in
+/// `api.rs`), for calls of one gradient block and of several.
+#[test]
+fn half_accumulators_get_the_same_bits_in_any_layout() {
+    common::check_accumulator_layouts::<f16>("f16");
+    common::check_accumulator_layouts::<bf16>("bf16");
+}
+
 /// Many small steps of parameter gradient: an f16 accumulator stops growing once each step is
 /// below half its ulp (mixed precision keeps them in f32 for that reason); an f32 accumulator
 /// stays within a few f32 ulps per step of the exact sum.

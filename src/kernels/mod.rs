@@ -196,11 +196,6 @@ pub struct GradSums<'a, S> {
 }
 
 impl<S> GradSums<'_, S> {
-    /// Whether any parameter gradient is wanted.
-    pub(crate) fn is_wanted(&self) -> bool {
-        self.gain.is_some() || self.bias.is_some()
-    }
-
     /// Sets every sum to zero.
     pub(crate) fn clear(&mut self)
     where

@@ -146,3 +146,94 @@ pub fn check_input_gradient(
     }
     Ok(())
 }
+
+/// Parameter-gradient accumulators after one `backward_into` over `rows × dim` of seeded data
+/// (parameters and data near 1, `dy` standard normal), starting from `start` (gain and bias
+/// alike): `[contiguous, strided]`, each `(gain, bias)`. The strided ones are every second
+/// value of a longer array, which the crate adds to a value at a time; the contiguous ones it
+/// converts and adds a slice at a time. Both must hold the same bits.
+pub fn accumulated_both_ways<A: layernorm::Element>(
+    rows: usize,
+    dim: usize,
+    start: &Array1<A>,
+) -> [(Array1<A>, Array1<A>); 2] {
+    use num_traits::{FromPrimitive, Zero};
+    let mut rng = rng(rows as u64 * 1000 + dim as u64);
+    let of = |v: f64| A::from_stat(A::Stat::from_f64(v).expect("finite"));
+    let x = normal_matrix(&mut rng, rows, dim, 1.0, 1.0).mapv(of);
+    let dy = normal_matrix(&mut rng, rows, dim, 0.0, 1.0).mapv(of);
+    let param = |values: Array1<f64>| values.mapv(of);
+    let ln = layernorm::LayerNorm::from_params(
+        param(uniform_vector(&mut rng, dim, 0.5, 1.5)),
+        param(uniform_vector(&mut rng, dim, -0.5, 0.5)),
+        1e-5,
+    )
+    .expect("valid");
+    let (_, stats) = ln.forward_with_stats(&x).expect("valid");
+    let mut dx = x.clone();
+    let (mut gain, mut bias) = (start.clone(), start.clone());
+    ln.backward_into(&x, &stats, &dy, &mut dx, Some(&mut gain), Some(&mut bias))
+        .expect("valid");
+    let spread = |values: &Array1<A>| {
+        let mut wide = Array1::from_elem(2 * dim, A::from_stat(A::Stat::zero()));
+        wide.slice_mut(ndarray::s![..;2]).assign(values);
+        wide
+    };
+    let (mut gain_wide, mut bias_wide) = (spread(start), spread(start));
+    ln.backward_into(
+        &x,
+        &stats,
+        &dy,
+        &mut dx,
+        Some(&mut gain_wide.slice_mut(ndarray::s![..;2])),
+        Some(&mut bias_wide.slice_mut(ndarray::s![..;2])),
+    )
+    .expect("valid");
+    let every_second = |wide: Array1<A>| wide.slice(ndarray::s![..;2]).to_owned();
+    [
+        (gain, bias),
+        (every_second(gain_wide), every_second(bias_wide)),
+    ]
+}
+
+/// Accumulator starting values for [`accumulated_both_ways`]: ordinary values of both signs,
+/// zeros of both signs, the extremes, infinities and NaN, repeated over `dim` values.
+pub fn accumulator_starts<A: layernorm::Element>(dim: usize) -> Array1<A> {
+    use num_traits::{Float, FromPrimitive, Zero};
+    let specials = [
+        A::Stat::from_f64(0.375).expect("finite"),
+        A::Stat::from_f64(-1234.5).expect("finite"),
+        A::Stat::zero(),
+        -A::Stat::zero(),
+        A::Stat::max_value(),
+        A::Stat::min_positive_value(),
+        A::Stat::infinity(),
+        A::Stat::neg_infinity(),
+        A::Stat::nan(),
+    ];
+    Array1::from_shape_fn(dim, |i| A::from_stat(specials[i % specials.len()]))
+}
+
+/// Whether two arrays hold the same values bit for bit: the sign of zero and NaN's sign and
+/// payload count (compared through the exact widening to f64).
+pub fn same_bits<A: layernorm::Element>(a: &Array1<A>, b: &Array1<A>) -> bool {
+    use num_traits::ToPrimitive;
+    let bits = |value: &A| value.to_stat().to_f64().expect("a float").to_bits();
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| bits(x) == bits(y))
+}
+
+/// [`accumulated_both_ways`] for calls of one gradient block (up to 64 rows) and of several,
+/// rows of one value, of one vector and a bit, and of many: contiguous and strided
+/// accumulators end with the same bits, and the call added something.
+pub fn check_accumulator_layouts<A: layernorm::Element>(name: &str) {
+    for (rows, dim) in [(1, 1), (1, 1000), (7, 65), (64, 300), (65, 300), (200, 129)] {
+        let start = accumulator_starts::<A>(dim);
+        let [(gain, bias), (gain_strided, bias_strided)] = accumulated_both_ways(rows, dim, &start);
+        assert!(same_bits(&gain, &gain_strided), "{name} gain {rows}x{dim}");
+        assert!(same_bits(&bias, &bias_strided), "{name} bias {rows}x{dim}");
+        assert!(
+            !same_bits(&bias, &start),
+            "{name} {rows}x{dim}: nothing added"
+        );
+    }
+}

@@ -35,7 +35,7 @@ use super::ForwardRows;
 use crate::element::Element;
 use bytemuck::Pod;
 use num_traits::{Float, Zero};
-use pulp::Simd;
+use pulp::{Simd, WithSimd};
 
 /// A float type with SIMD vectors in every pulp instruction set: the operations the kernels
 /// use, named once so that one generic body serves f32 and f64.
@@ -742,6 +742,29 @@ pub(crate) fn backward_rows<E: Storage>(backward: Backward<'_, E>) {
     let stores = backward.rows.layer.stores;
     arch_for::<E>().dispatch(backward);
     stores.finish();
+}
+
+/// `values += sums`, each value widened to the statistics type, added to and rounded back
+/// (`Element::add_all`), compiled for [`arch`]'s vectors: the same operations on every value.
+/// A backward call of one gradient block adds its parameter gradients this way.
+pub(crate) fn add_all<A: Element>(values: &mut [A], sums: &[A::Stat]) {
+    struct AddAll<'a, A: Element> {
+        values: &'a mut [A],
+        sums: &'a [A::Stat],
+    }
+
+    impl<A: Element> WithSimd for AddAll<'_, A> {
+        type Output = ();
+
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, _simd: S) {
+            for (value, &sum) in self.values.iter_mut().zip(self.sums) {
+                *value = A::from_stat(value.to_stat() + sum);
+            }
+        }
+    }
+
+    arch().dispatch(AddAll { values, sums });
 }
 
 #[cfg(test)]
