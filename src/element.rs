@@ -274,14 +274,12 @@ macro_rules! half_element {
 
             /// With `add_by_slices`, a chunk at a time: widened on the stack by the slice
             /// conversion, added to, rounded back (f16, whose single conversions are calls
-            /// that test the CPU); else a value at a time (bf16's are shifts and a rounding).
+            /// that test the CPU); else a value at a time on the dispatched vectors (bf16's
+            /// are shifts and an integer rounding).
             fn add_all(values: &mut [Self], sums: &[f32]) {
                 const CHUNK: usize = 64;
                 if !$by_slices {
-                    for (value, &sum) in values.iter_mut().zip(sums) {
-                        *value = <$half>::from_f32(value.to_f32() + sum);
-                    }
-                    return;
+                    return simd::add_all(values, sums);
                 }
                 let mut wide = [0.0; CHUNK];
                 for (values, sums) in values.chunks_mut(CHUNK).zip(sums.chunks(CHUNK)) {
