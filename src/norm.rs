@@ -564,6 +564,7 @@ impl<A: Element, P: Parameter<A>> GradTotals<A::Stat> for Accumulators<'_, A, P>
         }
     }
 
+    #[cfg(feature = "rayon")]
     fn widened(&mut self) -> GradSums<'_, A::Stat> {
         GradSums {
             gain: self.gain.as_mut().map(Accumulator::widened),
@@ -571,6 +572,7 @@ impl<A: Element, P: Parameter<A>> GradTotals<A::Stat> for Accumulators<'_, A, P>
         }
     }
 
+    #[cfg(feature = "rayon")]
     fn finish(&mut self) {
         self.gain
             .iter_mut()

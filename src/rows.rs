@@ -13,8 +13,10 @@
 //! perform the same additions in the same order and agree bit for bit.
 
 use crate::element::Element;
+#[cfg(feature = "rayon")]
+use crate::kernels::add_into;
 use crate::kernels::{
-    add_into, BackwardJob, BackwardOut, BackwardRows, CutAt, ForwardRows, GradSums, Stores,
+    BackwardJob, BackwardOut, BackwardRows, CutAt, ForwardRows, GradSums, Stores,
 };
 use crate::spare::Spare;
 #[cfg(feature = "rayon")]
@@ -596,10 +598,13 @@ pub(crate) trait GradTotals<S> {
     /// blocks performs the additions of a run of calls, one per block, on widened totals.
     fn add_block(&mut self, block: &GradSums<'_, S>, last: bool);
 
-    /// The totals widened, to be added to in place; [`GradTotals::finish`] gives them back.
+    /// The totals widened, to be added to in place (the parallel path's combining step);
+    /// [`GradTotals::finish`] gives them back.
+    #[cfg(feature = "rayon")]
     fn widened(&mut self) -> GradSums<'_, S>;
 
     /// Rounds the widened totals back into the caller's accumulators.
+    #[cfg(feature = "rayon")]
     fn finish(&mut self);
 }
 
