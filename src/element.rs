@@ -380,11 +380,7 @@ pub trait Parameter<A: Element>:
 
     /// `values += sums`: each value widened to the statistics type, added to and rounded back.
     #[doc(hidden)]
-    fn add_all(values: &mut [Self], sums: &[A::Stat]) {
-        for (value, &sum) in values.iter_mut().zip(sums) {
-            *value = Self::from_stat(value.to_stat() + sum);
-        }
-    }
+    fn add_all(values: &mut [Self], sums: &[A::Stat]);
 }
 
 impl<A: Element> Parameter<A> for A {
@@ -436,6 +432,10 @@ macro_rules! f32_parameters {
 
             fn narrow_all(stats: &[f32], values: &mut [f32]) {
                 values.copy_from_slice(stats);
+            }
+
+            fn add_all(values: &mut [f32], sums: &[f32]) {
+                crate::kernels::add_into(values, sums);
             }
         }
     };
