@@ -13,7 +13,8 @@
 //! reads x and dy and writes dx (3 · …). The ceilings move the same bytes with the same number
 //! of threads: `memcpy` (`copy_from_slice`, which the C library does with streaming stores
 //! for large buffers) for the forward pass, `three_stream` (`dx = a·x + b·dy`, ordinary
-//! stores) for the backward pass. `rayon_overhead` times a parallel call of as many 2 µs
+//! stores; for f16 and bf16 integer arithmetic on the bits, as the CPU has no half arithmetic)
+//! for the backward pass. `rayon_overhead` times a parallel call of as many 2 µs
 //! tasks as the forward pass would make and reports its time beyond the work itself
 //! (`median_s`), back to back (`rayon_warm`) and after a 2 ms pause (`rayon_cold`, the
 //! workers asleep).
@@ -155,7 +156,7 @@ fn report(
     );
 }
 
-fn run_type<A: Element + Zero + Mul<Output = A>>(
+fn run_type<A: Element + Zero + Mul<Output = A> + bytemuck::Pod>(
     args: &Args,
     type_name: &str,
 ) -> Result<(), String> {
@@ -215,6 +216,30 @@ fn run_type<A: Element + Zero + Mul<Output = A>>(
                                 .for_each(|(t, s)| t.copy_from_slice(black_box(s)))
                         });
                         report(op, type_name, shape, threads, s, 2 * elements * size);
+                    }
+                    "three_stream" if size == 2 => {
+                        // Half precision has no arithmetic of its own on the CPU (the `half`
+                        // crate's operators convert each value in software, 0.45 GB/s on the
+                        // AVX-512 VM): the same three streams with integer arithmetic on the
+                        // bits, which vectorizes, so that the ceiling is memory's.
+                        let bits = |values: &Array2<A>| -> Vec<u16> {
+                            bytemuck::cast_slice(values.as_slice().expect("standard layout"))
+                                .to_vec()
+                        };
+                        let (x_bits, dy_bits) = (bits(&x), bits(&dy));
+                        let mut out_bits = vec![0u16; elements];
+                        let chunk = elements.div_ceil(threads).max(1);
+                        let s = median_seconds(&pool, args, || {
+                            (black_box(&mut out_bits).par_chunks_mut(chunk))
+                                .zip(black_box(&x_bits).par_chunks(chunk))
+                                .zip(black_box(&dy_bits).par_chunks(chunk))
+                                .for_each(|((o, x), dy)| {
+                                    for ((o, &x), &dy) in o.iter_mut().zip(x).zip(dy) {
+                                        *o = x.wrapping_mul(3).wrapping_add(dy);
+                                    }
+                                })
+                        });
+                        report(op, type_name, shape, threads, s, 3 * elements * size);
                     }
                     "three_stream" => {
                         let (a, b) = (value::<A>(1.5), value::<A>(0.25));
