@@ -146,6 +146,26 @@ fn training_loop_calls_allocate_nothing_that_grows_with_the_rows() {
             allocated_by(|| ln.forward_into(&x, &mut out).expect("valid"))
         });
         assert_eq!(bytes, 0, "f16 forward_into");
+        // Long rows (past 256 f32 values), whose statistics are summed while the row before
+        // is written: nothing either, in place too.
+        let long = 4 * dim;
+        let ln_long = LayerNorm::<half::f16>::new(long).expect("valid");
+        let x_long = Array2::from_shape_fn((64, long), |(r, c)| {
+            half::f16::from_f32(((r * 5 + c * 3) % 13) as f32 - 6.0)
+        });
+        let mut out_long = x_long.clone();
+        let bytes = pool.install(|| {
+            ln_long.forward_into(&x_long, &mut out_long).expect("valid");
+            [
+                allocated_by(|| ln_long.forward_into(&x_long, &mut out_long).expect("valid")),
+                allocated_by(|| ln_long.forward_inplace(&mut out_long).expect("valid")),
+            ]
+        });
+        assert_eq!(
+            bytes,
+            [0, 0],
+            "f16 forward_into and forward_inplace, long rows"
+        );
         // Backward with both gradients: the kernel's f64 group totals and working row are
         // kept by the thread too.
         let dy = x.mapv(|v| v * half::f16::from_f32(0.5));
