@@ -149,6 +149,11 @@ pub trait Element:
     /// `kernels::stream`); half precision keeps ordinary stores (the crate's detail).
     #[doc(hidden)]
     const STREAMING_STORES: bool = true;
+
+    /// Whether the short-row forward hints rows ahead when they come from memory (see
+    /// `kernels::prefetch`); half precision does not (the crate's detail).
+    #[doc(hidden)]
+    const PREFETCH_SHORT_ROWS: bool = true;
 }
 
 /// f32 and f64 run the SIMD kernels.
@@ -228,6 +233,9 @@ macro_rules! half_element {
             // Their loops are slower than memory on one thread: ordinary stores were faster
             // at 64 MiB outputs (see `Stores::cached_unless_forced`).
             const STREAMING_STORES: bool = false;
+            // Their short-row forward is slower than memory: the hint only cost time
+            // (see `kernels::prefetch`).
+            const PREFETCH_SHORT_ROWS: bool = false;
 
             fn to_compute<'a>(values: &'a [Self], buffer: &'a mut Vec<f32>) -> &'a [f32] {
                 use half::slice::HalfFloatSliceExt;

@@ -257,8 +257,9 @@ impl<A: Element, P: Parameter<A>> NormCore<A, P> {
             bias,
             centered: self.centering == Centering::Mean,
             eps: A::Stat::from_f64(self.eps).expect("a finite eps converts to the statistics type"),
-            // The driver (`rows.rs`) chooses from the size of the whole call.
+            // The driver (`rows.rs`) chooses both from the size of the whole call.
             stores: Stores::Cached,
+            prefetch: false,
         });
         A::give_back(gain_buffer);
         A::give_back(bias_buffer);

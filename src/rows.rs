@@ -16,7 +16,7 @@ use crate::element::Element;
 #[cfg(feature = "rayon")]
 use crate::kernels::add_into;
 use crate::kernels::{
-    BackwardJob, BackwardOut, BackwardRows, CutAt, ForwardRows, GradSums, Stores,
+    prefetch, BackwardJob, BackwardOut, BackwardRows, CutAt, ForwardRows, GradSums, Stores,
 };
 use crate::spare::Spare;
 #[cfg(feature = "rayon")]
@@ -297,7 +297,16 @@ impl<A: Element> RowJob for ForwardRows<'_, A> {
 /// Normalizes every row of the job.
 pub(crate) fn forward<A: Element>(mut job: ForwardRows<'_, A>) {
     job.layer.stores = output_stores(&job);
+    job.layer.prefetch = prefetch_rows::<A>(size_of_val(job.out), job.x.is_none());
     run(job);
+}
+
+/// Whether a forward call with an output of `out_bytes` bytes hints its short rows ahead
+/// ([`prefetch::for_rows`]): from the bytes the whole call reads and writes (input and
+/// output; once in place), for the types whose forward gains from it.
+fn prefetch_rows<A: Element>(out_bytes: usize, in_place: bool) -> bool {
+    let bytes = if in_place { out_bytes } else { 2 * out_bytes };
+    A::PREFETCH_SHORT_ROWS && prefetch::for_rows(bytes)
 }
 
 /// How a forward job stores `out`: from the size of the whole output, before it is cut into
@@ -676,7 +685,9 @@ pub(crate) fn backward<A: Element>(
 
 #[cfg(all(test, feature = "rayon"))]
 mod tests {
-    use super::{run_in_tasks, stores_for, task_rows, with_caller, RowJob, GRAD_BLOCK_ROWS};
+    use super::{
+        prefetch_rows, run_in_tasks, stores_for, task_rows, with_caller, RowJob, GRAD_BLOCK_ROWS,
+    };
     use crate::element::Element;
     use crate::kernels::stream::Stores;
 
@@ -712,6 +723,27 @@ mod tests {
             backward_stores::<half::bf16>(huge),
         ] {
             assert_eq!(stores, Stores::Cached);
+        }
+    }
+
+    /// f32 and f64 short rows are hinted ahead when the call's input and output do not fit in
+    /// cache (64 MiB at most), small calls never, f16 and bf16 never, unless
+    /// `LAYERNORM_PREFETCH` forces a choice.
+    #[test]
+    fn rows_from_memory_are_hinted_ahead() {
+        if std::env::var_os("LAYERNORM_PREFETCH").is_some() {
+            return;
+        }
+        let large = 32 << 20;
+        assert!(prefetch_rows::<f32>(large, false));
+        assert!(prefetch_rows::<f64>(large, false));
+        assert!(prefetch_rows::<f32>(2 * large, true));
+        assert!(!prefetch_rows::<f32>(4096, false));
+        assert!(!prefetch_rows::<f32>(4096, true));
+        #[cfg(feature = "half")]
+        {
+            assert!(!prefetch_rows::<half::f16>(1 << 40, false));
+            assert!(!prefetch_rows::<half::bf16>(1 << 40, false));
         }
     }
 

@@ -826,6 +826,7 @@ macro_rules! half_storage {
                     centered: layer.centered,
                     eps: f64::from(layer.eps),
                     stores: layer.stores,
+                    prefetch: layer.prefetch,
                 }
             }
             #[inline(always)]
@@ -1400,6 +1401,7 @@ mod tests {
             centered: true,
             eps: 1e-5,
             stores: Stores::Cached,
+            prefetch: false,
         };
         let forward = || {
             let mut y = vec![f16::ZERO; x.len()];

@@ -21,6 +21,7 @@ use crate::element::Element;
 pub(crate) use cpu::f16c;
 #[cfg(all(feature = "half", target_arch = "aarch64"))]
 pub(crate) use cpu::fcvt;
+pub(crate) use cpu::prefetch;
 pub(crate) use cpu::stream;
 use num_traits::Zero;
 pub(crate) use stream::Stores;
@@ -30,7 +31,8 @@ pub(crate) use stream::Stores;
 /// centered first (LayerNorm) or only scaled by its root mean square (RmsNorm, where the
 /// "mean" of the statistics is 0 and `σ² = mean(x²)`), and ε in the statistics type; and how
 /// the kernels store this call's outputs (the driver chooses from the size of the whole call,
-/// see [`Stores::for_output`]).
+/// see [`Stores::for_output`]) and whether the short-row forward hints its rows ahead (also
+/// the driver's choice, see [`prefetch::for_rows`]).
 #[derive(Debug)]
 pub struct Layer<'a, A: Element> {
     pub(crate) dim: usize,
@@ -39,6 +41,7 @@ pub struct Layer<'a, A: Element> {
     pub(crate) centered: bool,
     pub(crate) eps: A::Stat,
     pub(crate) stores: Stores,
+    pub(crate) prefetch: bool,
 }
 
 impl<A: Element> Clone for Layer<'_, A> {

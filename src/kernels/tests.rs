@@ -10,8 +10,8 @@
 
 use super::simd::{Backward, SimdFloat, Storage};
 use super::{
-    scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer, RowStatsOut,
-    Stores,
+    prefetch, scalar, BackwardJob, BackwardOut, BackwardRows, ForwardRows, GradSums, Layer,
+    RowStatsOut, Stores,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -110,6 +110,7 @@ fn check_type<T: SimdFloat + Storage>(ulps_at_zero_offset: f64, offsets: &[f64])
                             centered,
                             eps: 1e-5,
                             stores: Stores::Cached,
+                            prefetch: false,
                         };
                         let context = format!(
                             "{name} dim {dim} start {start} offset {mean_offset} gain {} bias {} centered {centered}",
@@ -419,6 +420,7 @@ fn rows_the_fast_path_cannot_take_fall_back_to_the_specification() {
             centered: true,
             eps: 0.0,
             stores: Stores::Cached,
+            prefetch: false,
         };
         let mut spec = vec![0.0f32; x.len()];
         forward(None, layer, Some(&x), &mut spec, None);
@@ -551,6 +553,7 @@ fn check_same_bits<T: SimdFloat + Storage>(offsets: &[f64]) {
                         centered,
                         eps: 1e-5,
                         stores: Stores::Cached,
+                        prefetch: false,
                     };
                     let reference = all_results(pulp::Arch::Scalar, x, dy, layer);
                     for &(name, arch) in &sets {
@@ -592,6 +595,7 @@ fn fallback_rows_are_the_same_bits_on_every_instruction_set() {
             centered: true,
             eps: 0.0,
             stores: Stores::Cached,
+            prefetch: false,
         };
         let reference = all_results(pulp::Arch::Scalar, &x, &dy, layer);
         for (name, arch) in instruction_sets() {
@@ -604,6 +608,50 @@ fn fallback_rows_are_the_same_bits_on_every_instruction_set() {
             }
         }
     }
+}
+
+/// The hint for rows ahead (short rows from memory, see `prefetch`) changes no value: with it,
+/// every instruction set's results equal the scalar path's without it, on calls with rows
+/// short of the distance hinted, just past it, and past it by a partial block (the last hint
+/// cut at the end of the rows), in and out of place, for every short-row length class.
+fn check_prefetch_changes_nothing<T: SimdFloat + Storage>() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for dim in [1, 7, 64, 100, 1024 / size_of::<T>()] {
+        let ahead = (prefetch::AHEAD_BYTES / (dim * size_of::<T>())).next_multiple_of(16);
+        for rows in [ahead - 1, ahead + 1, ahead + 16 + 5] {
+            let data = data::<T>(&mut rng, rows * dim, dim, 1.0);
+            let layer = Layer {
+                dim,
+                gain: Some(&data.gain[..]),
+                bias: Some(&data.bias[..]),
+                centered: true,
+                eps: 1e-5,
+                stores: Stores::Cached,
+                prefetch: false,
+            };
+            let reference = all_results(pulp::Arch::Scalar, &data.x, &data.dy, layer);
+            for (name, arch) in instruction_sets() {
+                let hinted = Layer {
+                    prefetch: true,
+                    ..layer
+                };
+                assert!(
+                    all_results(arch, &data.x, &data.dy, hinted) == reference,
+                    "{name} with the hint differs from scalar: dim {dim}, {rows} rows"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_results_do_not_change_with_the_prefetch_hint() {
+    check_prefetch_changes_nothing::<f32>();
+}
+
+#[test]
+fn f64_results_do_not_change_with_the_prefetch_hint() {
+    check_prefetch_changes_nothing::<f64>();
 }
 
 #[test]
@@ -642,6 +690,7 @@ fn kernels_fit_a_small_thread_stack() {
                     centered: true,
                     eps: 1e-5,
                     stores,
+                    prefetch: false,
                 };
                 let mut y = vec![T::zero(); data.x.len()];
                 let (mut means, mut inv_stds) = (vec![0.0f64; 4], vec![0.0f64; 4]);
@@ -842,6 +891,7 @@ mod half_rows {
                     centered,
                     eps: 1e-5,
                     stores: Stores::Cached,
+                    prefetch: false,
                 };
                 let reference = results(None, &x, &dy, layer);
                 for &(name, arch) in &sets {
@@ -953,6 +1003,7 @@ mod half_rows {
                             centered: true,
                             eps: 1e-5,
                             stores,
+                            prefetch: false,
                         };
                         let (y, means, inv_stds) = forward_on(arch, layer, &x);
                         let mut y_wide = vec![0.0f32; x.len()];
@@ -1021,6 +1072,7 @@ mod half_rows {
                     centered: true,
                     eps: 1e-5,
                     stores,
+                    prefetch: false,
                 };
                 let results = results(Some(arch), &x, &dy, layer);
                 assert!(results[0].iter().all(|&bits| bits != u64::MAX));
@@ -1076,6 +1128,7 @@ mod half_rows {
                     centered,
                     eps: 1e-5,
                     stores: Stores::Cached,
+                    prefetch: false,
                 };
                 let reference = run(pulp::Arch::Scalar, layer);
                 // Both NaN rows are NaN throughout.

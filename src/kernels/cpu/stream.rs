@@ -45,7 +45,7 @@ const DEFAULT_LAST_LEVEL_CACHE: usize = 32 << 20;
 /// Outputs at least this large stream whatever the reported cache size: a large shared L3
 /// (300 MiB on a 16-core Xeon tried) is not the share one process gets; there a 128 MiB
 /// forward output gained 24 % (1 thread) and 63 % (16 threads) from streaming stores.
-const ALWAYS_STREAM_BYTES: usize = 64 << 20;
+pub(super) const ALWAYS_STREAM_BYTES: usize = 64 << 20;
 
 impl Stores {
     /// Streaming stores where the CPU has them (x86-64 with AVX); ordinary stores elsewhere.
@@ -119,16 +119,10 @@ impl Stores {
 /// `streaming`; read once), for measuring both paths on a machine; `None` otherwise.
 fn forced() -> Option<Stores> {
     static FORCED: OnceLock<Option<Stores>> = OnceLock::new();
-    *FORCED.get_or_init(|| {
-        match std::env::var("LAYERNORM_STORES")
-            .ok()
-            .map(|value| value.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            Some("cached") => Some(Stores::Cached),
-            Some("streaming") => Some(Stores::streaming()),
-            _ => None,
-        }
+    *FORCED.get_or_init(|| match super::setting("LAYERNORM_STORES").as_deref() {
+        Some("cached") => Some(Stores::Cached),
+        Some("streaming") => Some(Stores::streaming()),
+        _ => None,
     })
 }
 
@@ -286,7 +280,7 @@ fn stream_pieces<V: bytemuck::Pod>(target: &mut V, vector: V) {
 
 /// Size of the largest CPU cache in bytes (Linux's sysfs; [`DEFAULT_LAST_LEVEL_CACHE`]
 /// where it cannot be read), read once.
-fn last_level_cache() -> usize {
+pub(super) fn last_level_cache() -> usize {
     static SIZE: OnceLock<usize> = OnceLock::new();
     *SIZE.get_or_init(|| read_cache_sizes().unwrap_or(DEFAULT_LAST_LEVEL_CACHE))
 }

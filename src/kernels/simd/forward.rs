@@ -9,6 +9,7 @@ use super::{
     deviation_sums, finish_stats, first_shift, holds_no_nan, row_stats_from, row_stats_within,
     Normalizer, RowLength, RowStats, SimdFloat, StatsStep, Storage, SHORT_ROW_BYTES,
 };
+use crate::kernels::prefetch;
 use crate::kernels::stream::Stores;
 use crate::kernels::{ForwardRows, Layer, RowStatsOut};
 use num_traits::{Float, One, Zero};
@@ -80,8 +81,16 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
         // from memory: it reads the start of each row, then the rest.) Consecutive short rows
         // are one stream for the hardware prefetcher.
         let n = RowLength::new(dim);
+        // From memory, each block first hints the block `ahead` rows on (see `prefetch`).
+        let ahead = (prefetch::AHEAD_BYTES / (dim * size_of::<E>()).max(1))
+            .next_multiple_of(SHORT_ROW_BLOCK);
         for first in (0..rows).step_by(SHORT_ROW_BLOCK) {
             let count = SHORT_ROW_BLOCK.min(rows - first);
+            if layer.prefetch && first + ahead < rows {
+                let start = (first + ahead) * dim;
+                let end = (first + ahead + SHORT_ROW_BLOCK).min(rows) * dim;
+                prefetch::prefetch(x.map_or(&out[start..end], |x| &x[start..end]));
+            }
             let block_stats = {
                 let row = |offset: usize| {
                     let range = (first + offset) * dim..(first + offset + 1) * dim;
