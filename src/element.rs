@@ -150,8 +150,9 @@ pub trait Element:
     #[doc(hidden)]
     const STREAMING_STORES: bool = true;
 
-    /// Whether the short-row forward hints rows ahead when they come from memory (see
-    /// `kernels::prefetch`); half precision does not (the crate's detail).
+    /// Whether the short-row forward may hint rows ahead when they come from memory (when
+    /// `LAYERNORM_PREFETCH` asks for it, see `kernels::prefetch`); half precision never does
+    /// (the crate's detail).
     #[doc(hidden)]
     const PREFETCH_SHORT_ROWS: bool = true;
 }
