@@ -305,8 +305,17 @@ pub(crate) fn forward<A: Element>(mut job: ForwardRows<'_, A>) {
 /// ([`prefetch::for_rows`]): from the bytes the whole call reads and writes (input and
 /// output; once in place), for the types whose forward can gain from it.
 fn prefetch_rows<A: Element>(out_bytes: usize, in_place: bool) -> bool {
-    let bytes = if in_place { out_bytes } else { 2 * out_bytes };
-    A::PREFETCH_SHORT_ROWS && prefetch::for_rows(bytes)
+    A::PREFETCH_SHORT_ROWS && prefetch::for_rows(call_bytes(out_bytes, in_place))
+}
+
+/// The bytes a forward call with an output of `out_bytes` bytes reads and writes: input and
+/// output, or the output once in place.
+fn call_bytes(out_bytes: usize, in_place: bool) -> usize {
+    if in_place {
+        out_bytes
+    } else {
+        2 * out_bytes
+    }
 }
 
 /// How a forward job stores `out`: from the size of the whole output, before it is cut into
@@ -686,7 +695,8 @@ pub(crate) fn backward<A: Element>(
 #[cfg(all(test, feature = "rayon"))]
 mod tests {
     use super::{
-        prefetch_rows, run_in_tasks, stores_for, task_rows, with_caller, RowJob, GRAD_BLOCK_ROWS,
+        call_bytes, prefetch_rows, run_in_tasks, stores_for, task_rows, with_caller, RowJob,
+        GRAD_BLOCK_ROWS,
     };
     use crate::element::Element;
     use crate::kernels::stream::Stores;
@@ -730,6 +740,9 @@ mod tests {
     /// `prefetch`); whatever `LAYERNORM_PREFETCH` says, f16 and bf16 never are.
     #[test]
     fn rows_are_hinted_ahead_only_when_asked() {
+        // What the `large` rule is given: input and output, or the output once in place.
+        assert_eq!(call_bytes(32 << 20, false), 64 << 20);
+        assert_eq!(call_bytes(32 << 20, true), 32 << 20);
         if std::env::var_os("LAYERNORM_PREFETCH").is_none() {
             for (bytes, in_place) in [(4096, false), (32 << 20, false), (1 << 40, true)] {
                 assert!(!prefetch_rows::<f32>(bytes, in_place));
