@@ -23,11 +23,13 @@
 //! the call repeatedly on the same buffers (as a training loop does), after a warm-up. The
 //! calls are made on a thread of a rayon pool of each thread count; `--from-outside` makes
 //! them from the main thread instead, as most programs do, which adds the cost of handing each
-//! parallel call to the global pool.
+//! parallel call to the global pool. `--line-offset N` places x, dy and the output N bytes past
+//! a 64-byte cache line rather than where the allocator puts them, to measure what the
+//! placement of the caller's arrays costs (BENCHMARKS.md).
 
 use clap::Parser;
 use layernorm::{Element, LayerNorm};
-use ndarray::{Array1, Array2, Zip};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Zip};
 use num_traits::{FromPrimitive, Zero};
 use rayon::prelude::*;
 use serde_json::json;
@@ -70,6 +72,12 @@ struct Args {
     /// pool of each thread count (`ThreadPool::install`), where that hand-off is not paid.
     #[arg(long)]
     from_outside: bool,
+    /// Place x, dy and the output this many bytes past the start of a 64-byte cache line (a
+    /// multiple of the element size, below 64), to measure the cost of where the caller's rows
+    /// lie. By default they lie where the allocator puts them (glibc: 16 bytes past a line for
+    /// large arrays).
+    #[arg(long)]
+    line_offset: Option<usize>,
 }
 
 /// Runs `measure` on a thread of `pool`, or with `--from-outside` on the calling thread.
@@ -123,6 +131,32 @@ fn data<A: Element>(rows: usize, cols: usize, seed: u64) -> Array2<A> {
     })
 }
 
+/// A copy of `values` (standard layout) in a buffer of its own, and where in the buffer the
+/// copy starts: `offset` bytes past a 64-byte line, or (`None`) at the buffer's start.
+fn placed<A: Copy + Zero>(
+    values: &Array2<A>,
+    offset: Option<usize>,
+) -> Result<(Vec<A>, usize), String> {
+    let values = values.as_slice().expect("standard layout");
+    let Some(offset) = offset else {
+        return Ok((values.to_vec(), 0));
+    };
+    let size = size_of::<A>();
+    if offset >= 64 || !offset.is_multiple_of(size) {
+        return Err(format!(
+            "--line-offset {offset} is not a multiple of {size} below 64"
+        ));
+    }
+    let mut buffer = vec![A::zero(); values.len() + 64 / size];
+    let to_line = buffer.as_ptr().align_offset(64);
+    if to_line >= 64 / size {
+        return Err("could not place the buffers on cache lines".into());
+    }
+    let start = (to_line + offset / size) % (64 / size);
+    buffer[start..start + values.len()].copy_from_slice(values);
+    Ok((buffer, start))
+}
+
 /// `value` rounded to `A`.
 fn value<A: Element>(value: f64) -> A {
     A::from_stat(A::Stat::from_f64(value).expect("a finite value"))
@@ -168,9 +202,17 @@ fn run_type<A: Element + Zero + Mul<Output = A> + bytemuck::Pod>(
             .ok_or_else(|| format!("shape {shape_text:?} is not ROWSxCOLS"))?;
         let shape = (rows, cols);
         let elements = rows * cols;
-        let x = data::<A>(rows, cols, 1);
-        let dy = data::<A>(rows, cols, 2);
-        let mut out = Array2::<A>::zeros((rows, cols));
+        let (x_buffer, x_start) = placed(&data::<A>(rows, cols, 1), args.line_offset)?;
+        let (dy_buffer, dy_start) = placed(&data::<A>(rows, cols, 2), args.line_offset)?;
+        let (mut out_buffer, out_start) =
+            placed(&Array2::<A>::zeros((rows, cols)), args.line_offset)?;
+        let x = ArrayView2::from_shape(shape, &x_buffer[x_start..x_start + elements])
+            .expect("one row-major block");
+        let dy = ArrayView2::from_shape(shape, &dy_buffer[dy_start..dy_start + elements])
+            .expect("one row-major block");
+        let mut out =
+            ArrayViewMut2::from_shape(shape, &mut out_buffer[out_start..out_start + elements])
+                .expect("one row-major block");
         let gain = Array1::from_elem(cols, value::<A>(1.5));
         let bias = Array1::from_elem(cols, value::<A>(0.25));
         let ln = LayerNorm::from_params(gain, bias, 1e-5).map_err(|e| e.to_string())?;
@@ -222,7 +264,7 @@ fn run_type<A: Element + Zero + Mul<Output = A> + bytemuck::Pod>(
                         // crate's operators convert each value in software, 0.45 GB/s on the
                         // AVX-512 VM): the same three streams with integer arithmetic on the
                         // bits, which vectorizes, so that the ceiling is memory's.
-                        let bits = |values: &Array2<A>| -> Vec<u16> {
+                        let bits = |values: &ArrayView2<A>| -> Vec<u16> {
                             bytemuck::cast_slice(values.as_slice().expect("standard layout"))
                                 .to_vec()
                         };
