@@ -33,6 +33,11 @@ the pool").
 On a shared machine the speed of both sides drifts between runs. `--rounds N` runs the crate
 and PyTorch alternately N times; the table then gives each side's median over the rounds and
 the lowest and highest of the per-round ratios, which is the honest spread of the comparison.
+
+PyTorch's CPU allocator puts every tensor on a 64-byte cache line; the crate's benchmark arrays
+lie where the system allocator puts them (glibc: 16 bytes past a line), which on some CPUs
+costs the crate 10-30 % (BENCHMARKS.md, "Where the caller's arrays lie"). `--line-offset 0`
+places the crate's arrays on lines too, for a comparison of the kernels at the same placement.
 """
 
 import argparse
@@ -61,6 +66,14 @@ def parse_args():
     parser.add_argument(
         "--crate-bin",
         help="a bench_json binary built beforehand, run instead of `cargo run --example`",
+    )
+    parser.add_argument(
+        "--line-offset",
+        type=int,
+        help="place the crate's x, dy and output this many bytes past a 64-byte line (bench_json"
+        " --line-offset); PyTorch's CPU allocator puts every tensor on a 64-byte line, so 0 gives"
+        " both sides the same placement. By default the crate's arrays lie where the system"
+        " allocator puts them (glibc: 16 bytes past a line for large arrays)",
     )
     parser.add_argument(
         "--rounds",
@@ -188,6 +201,8 @@ def crate_measurements(args):
             "--samples", str(args.samples),
             "--sample-ms", str(args.sample_ms),
         ]  # fmt: skip
+        if args.line_offset is not None:
+            command += ["--line-offset", str(args.line_offset)]
         # From outside, bench_json builds rayon's global pool: one thread count per run.
         if args.from_outside:
             runs = [["--from-outside", "--threads", t] for t in args.threads.split(",")]
