@@ -84,6 +84,31 @@ fn data<T: SimdFloat + Storage>(rng: &mut StdRng, len: usize, dim: usize, offset
     }
 }
 
+/// Layers of `dim` (eps 1e-5, ordinary stores): LayerNorm (centered) with every parameter
+/// combination, RmsNorm with gain and with bias alone.
+fn parameter_layers<'a, T: SimdFloat + Storage>(
+    dim: usize,
+    gain: &'a [T],
+    bias: &'a [T],
+) -> [Layer<'a, T>; 5] {
+    [
+        (Some(gain), Some(bias), true),
+        (Some(gain), None, true),
+        (None, None, true),
+        (Some(gain), None, false),
+        (None, Some(bias), false),
+    ]
+    .map(|(gain, bias, centered)| Layer {
+        dim,
+        gain,
+        bias,
+        centered,
+        eps: 1e-5,
+        stores: Stores::Cached,
+        prefetch: false,
+    })
+}
+
 fn check_type<T: SimdFloat + Storage>(ulps_at_zero_offset: f64, offsets: &[f64]) {
     let mut rng = StdRng::seed_from_u64(5);
     for (name, arch) in instruction_sets() {
@@ -95,27 +120,12 @@ fn check_type<T: SimdFloat + Storage>(ulps_at_zero_offset: f64, offsets: &[f64])
                     let data = data::<T>(&mut rng, len, dim, mean_offset);
                     let x = &data.x[start..];
                     let dy = &data.dy[start..];
-                    // LayerNorm (centered) with every parameter combination; RmsNorm with gain.
-                    for (gain, bias, centered) in [
-                        (Some(&data.gain[..]), Some(&data.bias[..]), true),
-                        (Some(&data.gain[..]), None, true),
-                        (None, None, true),
-                        (Some(&data.gain[..]), None, false),
-                        (None, Some(&data.bias[..]), false),
-                    ] {
-                        let layer = Layer {
-                            dim,
-                            gain,
-                            bias,
-                            centered,
-                            eps: 1e-5,
-                            stores: Stores::Cached,
-                            prefetch: false,
-                        };
+                    for layer in parameter_layers(dim, &data.gain, &data.bias) {
                         let context = format!(
-                            "{name} dim {dim} start {start} offset {mean_offset} gain {} bias {} centered {centered}",
-                            gain.is_some(),
-                            bias.is_some()
+                            "{name} dim {dim} start {start} offset {mean_offset} gain {} bias {} centered {}",
+                            layer.gain.is_some(),
+                            layer.bias.is_some(),
+                            layer.centered
                         );
                         check_forward(arch, x, layer, ulps, &context);
                         check_backward(arch, x, dy, layer, ulps, &context);
@@ -642,6 +652,62 @@ fn check_prefetch_changes_nothing<T: SimdFloat + Storage>() {
             }
         }
     }
+}
+
+/// The forward's two loops for long rows (pass 3 of each row fused with pass 2 of the next,
+/// or each row's passes one after the other: see `simd::forward::FUSED_ROW_BYTES`) give the
+/// same bits, on every instruction set and with either store: at lengths on both sides of the
+/// rule's bound, with every parameter combination, and with a row that takes the scalar
+/// fallback between fast ones.
+fn check_long_row_loops_agree<T: SimdFloat + Storage>() {
+    use super::simd::{FORCE_FUSED_ROWS, FUSED_ROW_BYTES};
+    let with_loop = |fused: bool, run: &dyn Fn() -> Vec<Vec<u64>>| {
+        FORCE_FUSED_ROWS.with(|force| force.set(Some(fused)));
+        let results = run();
+        FORCE_FUSED_ROWS.with(|force| force.set(None));
+        results
+    };
+    let mut rng = StdRng::seed_from_u64(13);
+    // The longest row the rule fuses with gain and bias is one short of `bound`.
+    let bound = FUSED_ROW_BYTES / (4 * size_of::<T>());
+    for dim in [300, bound - 1, bound, bound + 5] {
+        let rows = 5;
+        let mut data = data::<T>(&mut rng, rows * dim, dim, 1.0);
+        // Row 2 overflows its squares: the scalar specification writes it.
+        data.x[2 * dim + 3] = T::max_value();
+        for layer in parameter_layers(dim, &data.gain, &data.bias) {
+            let reference = with_loop(false, &|| {
+                all_results(pulp::Arch::Scalar, &data.x, &data.dy, layer)
+            });
+            for (name, arch) in instruction_sets() {
+                for stores in store_choices() {
+                    let layer = Layer { stores, ..layer };
+                    for fused in [false, true] {
+                        let results =
+                            with_loop(fused, &|| all_results(arch, &data.x, &data.dy, layer));
+                        assert!(
+                            results == reference,
+                            "{name} {stores:?}, fused {fused}: differs from scalar at dim {dim} \
+                             (gain {}, bias {}, centered {})",
+                            layer.gain.is_some(),
+                            layer.bias.is_some(),
+                            layer.centered
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_long_row_loops_agree() {
+    check_long_row_loops_agree::<f32>();
+}
+
+#[test]
+fn f64_long_row_loops_agree() {
+    check_long_row_loops_agree::<f64>();
 }
 
 #[test]

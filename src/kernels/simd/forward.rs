@@ -136,6 +136,24 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
         }
         return;
     }
+    if !fuses_rows::<E, V>(dim) {
+        // Rows too long for the fused loop's four streams to stay in the L1 cache: each row's
+        // statistics by passes of their own, then the row is written.
+        for row in 0..rows {
+            let range = row * dim..(row + 1) * dim;
+            let (x_row, out_row) = (x.map(|x| &x[range.clone()]), &mut out[range]);
+            let row_stats = stats_of_row::<E, S>(simd, x_row.unwrap_or(out_row), layer);
+            write_row::<E, S, V>(
+                simd,
+                (x_row, out_row),
+                row_stats,
+                (layer, common),
+                &mut stats,
+                row,
+            );
+        }
+        return;
+    }
     let n = RowLength::new(dim);
     // Long rows: each row's statistics are computed while the row before it is written (see
     // `normalize_row_and_sum_next`), so that reading overlaps writing; the first row's by a
@@ -188,6 +206,41 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
             StatsStep::Fallback => Next::Fallback,
         };
     }
+}
+
+/// Bytes the fused loop of long rows may stream through the L1 data cache per row (32 KiB: the
+/// L1d of the CPUs measured). Writing one row while summing the next
+/// ([`normalize_row_and_sum_next`]) reads this row's `x` again, the next row's `x`, the gain
+/// and the bias (in the compute type), all at the same column; once the four rows outgrow the
+/// L1 cache, every one of them is an L1 miss in the loop that also waits on memory for the next
+/// row. Measured on the 2-core Zen 4 VM (AVX-512, 32 KiB L1d; BENCHMARKS.md, 2026-12-03), f32
+/// and f64 rows of 8 KiB and more ran faster as two loops (the statistics, then the writing)
+/// in and out of cache: f32 8192×4096 1.31×, 512×2048 1.22×, 4096×2048 1.14×, 1024×8192 1.28×;
+/// f64 4096×1024 1.35×, 512×1024 1.23×, 1024×8192 1.31×; rows of 4 KiB or less (in this
+/// count: under 32 KiB) kept the fused loop, faster in cache (f32 256×512 1.17×, 64×1024
+/// 1.14×). A C loop of the same shape (`y = a·x + b` with streaming stores while summing the
+/// next row, rows of 4096 f32) took 10 ms per 128 MiB without the gain and bias loads and
+/// 17.5 ms with them; separately, 15 ms. Same bits either way: the same sums and `y`.
+pub(crate) const FUSED_ROW_BYTES: usize = 32 << 10;
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests to run one loop or the other for long rows whatever their length (`None`:
+    /// the rule of [`fuses_rows`]).
+    pub(crate) static FORCE_FUSED_ROWS: std::cell::Cell<Option<bool>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Whether long rows of `dim` values run the fused loop (see [`FUSED_ROW_BYTES`]).
+#[inline(always)]
+fn fuses_rows<E: Storage, V: ForwardBody>(dim: usize) -> bool {
+    #[cfg(test)]
+    if let Some(forced) = FORCE_FUSED_ROWS.with(std::cell::Cell::get) {
+        return forced;
+    }
+    let parameters = usize::from(V::HAS_GAIN) + usize::from(V::HAS_BIAS);
+    let streamed = dim * (2 * size_of::<E>() + parameters * size_of::<E::Wide>());
+    streamed < FUSED_ROW_BYTES
 }
 
 /// A long row's statistics by passes of their own, starting from the first estimate of its

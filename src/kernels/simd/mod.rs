@@ -699,6 +699,8 @@ fn holds_no_nan<T: Float>(values: Option<&[T]>) -> bool {
 }
 
 pub(crate) use backward::Backward;
+#[cfg(test)]
+pub(crate) use forward::{FORCE_FUSED_ROWS, FUSED_ROW_BYTES};
 pub(crate) use storage::Storage;
 
 /// The instruction set the kernels run on: the widest this CPU has, or at most the one named
