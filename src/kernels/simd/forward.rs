@@ -209,18 +209,20 @@ fn forward_all<E: Storage, S: Simd, V: ForwardBody>(simd: S, job: ForwardRows<'_
 }
 
 /// Bytes the fused loop of long rows may stream through the L1 data cache per row (32 KiB: the
-/// L1d of the CPUs measured). Writing one row while summing the next
+/// L1d per core of the Zen 4 VM where the rule was measured, and of the Zen 3 VM; recent Intel
+/// cores have 48 KiB, where the bound is cautious). Writing one row while summing the next
 /// ([`normalize_row_and_sum_next`]) reads this row's `x` again, the next row's `x`, the gain
 /// and the bias (in the compute type), all at the same column; once the four rows outgrow the
 /// L1 cache, every one of them is an L1 miss in the loop that also waits on memory for the next
 /// row. Measured on the 2-core Zen 4 VM (AVX-512, 32 KiB L1d; BENCHMARKS.md, 2026-12-03), f32
 /// and f64 rows of 8 KiB and more ran faster as two loops (the statistics, then the writing)
-/// in and out of cache: f32 8192×4096 1.31×, 512×2048 1.22×, 4096×2048 1.14×, 1024×8192 1.28×;
-/// f64 4096×1024 1.35×, 512×1024 1.23×, 1024×8192 1.31×; rows of 4 KiB or less (in this
-/// count: under 32 KiB) kept the fused loop, faster in cache (f32 256×512 1.17×, 64×1024
-/// 1.14×). A C loop of the same shape (`y = a·x + b` with streaming stores while summing the
-/// next row, rows of 4096 f32) took 10 ms per 128 MiB without the gain and bias loads and
-/// 17.5 ms with them; separately, 15 ms. Same bits either way: the same sums and `y`.
+/// in and out of cache: f32 8192×4096 1.31–1.50×, 512×2048 1.22×, 4096×2048 1.14×,
+/// 1024×8192 1.28×; f64 4096×1024 1.35×, 512×1024 1.23×, 1024×8192 1.31×; rows of 4 KiB or
+/// less (in this count: under 32 KiB) kept the fused loop, faster in cache (f32 256×512
+/// 1.17×, 64×1024 1.14×). A C loop of the same shape (`y = a·x + b` with streaming stores
+/// while summing the next row, rows of 4096 f32) took 10 ms per 128 MiB without the gain and
+/// bias loads and 17.5 ms with them; separately, 15 ms. Same bits either way: the same sums
+/// and `y`.
 pub(crate) const FUSED_ROW_BYTES: usize = 32 << 10;
 
 #[cfg(test)]
